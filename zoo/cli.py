@@ -1,0 +1,80 @@
+"""The ``zoo`` command: ``zoo train``, ``zoo world build`` (thin wrappers; the work lives in the library)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+USAGE = """usage: zoo <command> [args]
+
+commands:
+  train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
+  world build [--out DIR] [--quick]
+                        regenerate the embedded world's assets deterministically
+"""
+
+_failures: list[str] = []
+
+
+def _error(message: str) -> str:
+    return "zoo: error: " + textwrap.fill(str(message), width=100, subsequent_indent="  ")
+
+
+def _train_main() -> None:
+    """Hydra entry point for ``zoo train``; a failing job prints one paragraph, not a traceback."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from zoo.config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+    def task(cfg) -> float | None:
+        from zoo.run import train
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            metrics = train(cfg, run_dir)
+        except Exception as err:  # noqa: BLE001 - reported below, with the full traceback in metrics.json
+            print(_error(f"{type(err).__name__}: {err} (run dir: {run_dir}; traceback in metrics.json)"),
+                  file=sys.stderr)
+            _failures.append(str(run_dir))
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                return None  # the other runs of the sweep still complete
+            raise SystemExit(1)
+        summary = {k: metrics[k] for k in ("gold_reward", "kl_to_ref", "win_rate_vs_ref") if k in metrics}
+        print(f"[zoo] {cfg.algo.name} seed {cfg.seed} -> {run_dir}: " + ", ".join(
+            f"{k}={v['mean'] if isinstance(v, dict) else v:.3f}" for k, v in summary.items()))
+        return metrics.get("win_rate_vs_ref")
+
+    task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch ``zoo <command>``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        sys.argv = ["zoo train", *rest]
+        _train_main()
+        if _failures:
+            print(_error(f"{len(_failures)} run(s) failed: {', '.join(_failures)}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "world" and rest[:1] == ["build"]:
+        from zoo.world.build import main as build_main
+
+        build_main(rest[1:])
+    else:
+        print(_error(f"unknown command {' '.join(argv[:2])!r}"), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Structured config schemas (Hydra ConfigStore), so a mistyped key fails at compose time.
+
+``conf/train.yaml`` starts from the ``train_schema`` registered here, so every group file under
+``zoo/conf/`` merges into a typed node. Loss objects are built from ``algo.loss`` with ``_target_``;
+its other keys are the loss class's constructor arguments and are not part of a fixed schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+WORLD_ASSETS = Path(__file__).parent / "world" / "assets"
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING  # label used in run names and the report
+    loss: Any = MISSING  # {_target_: zoo.losses.X, **constructor arguments}
+    init: str = "reference"  # where the policy starts: "reference" (the SFT policy) or "base" (model.name_or_path)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short label
+    name_or_path: str = MISSING  # hub id or local directory (safetensors weights)
+    trust_remote_code: bool = False  # never on unless the config says so
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # world | local | a hub dataset label
+    path: str | None = None  # training data: local JSON/JSONL/Parquet file, or a hub id / saved dataset dir
+    demonstrations_path: str | None = None  # SFT demonstrations (for the SFT stage and demonstration losses)
+    prompts_path: str | None = None  # prompts the preference stage samples pairs for
+    split: str = "train"
+    subset: str | None = None
+    eval_path: str | None = None  # file of eval prompts; default: rows held out from the end of the data
+    max_length: int = 128  # prompt + completion tokens; longer sequences are truncated at the end
+    max_rows: int | None = None  # use at most this many training rows
+    skip_bad_rows: bool = False  # drop invalid rows (counted in metrics) instead of failing
+    sft_stage: bool = False  # build the reference by SFT of the model on the demonstrations (cached)
+    preference_stage: bool = False  # collect pairs from the reference, labelled by `feedback` (cached)
+    world_metrics: bool = False  # score samples with the world's gold reward and grammar
+
+
+@dataclass
+class FeedbackConfig:
+    name: str = MISSING  # label in run names and the report
+    source: Any = MISSING  # {_target_: a zoo.feedback class, **constructor arguments}
+
+
+@dataclass
+class PeftConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class QuantConfig:
+    bits: int | None = None  # 4 or 8 (bitsandbytes, CUDA only); null = full precision
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200  # optimizer steps
+    learning_rate: float = 5e-5
+    batch_size: int = 16  # examples (pairs for paired losses) per device per micro-step
+    grad_accum_steps: int = 1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10  # write a log.jsonl line every N steps (and at step 1)
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    mixed_precision: str = "no"  # accelerate: no | bf16 | fp16
+    cpu_threads: int | None = None  # torch.set_num_threads; null leaves torch's default
+
+
+@dataclass
+class EvalConfig:
+    num_prompts: int = 256  # held-out prompts sampled for the metrics; 0 skips the sampling evaluation
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # 1.0 samples the policy itself, so the KL estimate is unbiased
+    batch_size: int = 128
+
+
+@dataclass
+class SFTStageConfig:
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    num_rows: int | None = None
+
+
+@dataclass
+class PreferenceStageConfig:
+    num_prompts: int = 2000  # pairs collected (two samples per prompt from the reference)
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+
+
+@dataclass
+class StagesConfig:
+    cache_dir: str = "${oc.env:ZOO_CACHE,outputs/cache}"  # cached pipeline stages (SFT, preference data)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    preferences: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
+
+
+@dataclass
+class TrainConfig:
+    algo: AlgoConfig = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    feedback: FeedbackConfig = MISSING
+    peft: PeftConfig = MISSING
+    quant: QuantConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent) and register the ``world_asset`` resolver."""
+    cs = ConfigStore.instance()
+    # One typed root: every group file merges into a typed node, so unknown keys fail at compose time.
+    cs.store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("world_asset"):
+        OmegaConf.register_new_resolver("world_asset", lambda name: str(WORLD_ASSETS / name))

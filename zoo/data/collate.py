@@ -1,0 +1,60 @@
+"""Collators: tokenized rows -> right-padded tensors with a completion mask.
+
+Every batch kind produces the same three tensors, so the trainer computes log-probabilities one way:
+``input_ids`` (N, T), ``attention_mask`` (N, T), ``completion_mask`` (N, T). Paired batches stack
+the B chosen sequences on top of the B rejected ones (N = 2B) for one forward pass. Over-long
+sequences are truncated keeping the start (TRL's default ``truncation_mode="keep_start"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad a list of int lists to (N, T)."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int, max_length: int | None) -> dict:
+    """Concatenate prompt + completion per row, truncate, pad, and mark the completion tokens."""
+    ids = [p + c for p, c in zip(prompts, completions)]
+    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
+    if max_length is not None:
+        ids, masks = [x[:max_length] for x in ids], [m[:max_length] for m in masks]
+    return {
+        "input_ids": _pad(ids, pad_id),
+        "attention_mask": _pad([[1] * len(x) for x in ids], 0),
+        "completion_mask": _pad(masks, 0),
+    }
+
+
+@dataclass
+class DemonstrationCollator:
+    """Rows with ``prompt_ids`` and ``completion_ids`` -> one sequence per row."""
+
+    pad_token_id: int
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return _sequences([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                          self.pad_token_id, self.max_length)
+
+
+@dataclass
+class PairCollator:
+    """Rows with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` -> 2B sequences, chosen first."""
+
+    pad_token_id: int
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict]) -> dict:
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+        return _sequences(prompts + prompts, completions, self.pad_token_id, self.max_length)
+
+
+COLLATORS = {"demonstrations": DemonstrationCollator, "pairs": PairCollator}

@@ -1,0 +1,78 @@
+"""Validation of rows against the standard schemas, with errors that name file, row and field.
+
+Schemas (the column names TRL and the hub use; values are strings, or lists of
+``{"role", "content"}`` messages for conversational data):
+
+- ``pairs``: prompt, chosen, rejected (an implicit prompt is split off by the loader first)
+- ``demonstrations``: prompt, completion
+- ``prompts``: prompt
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "pairs": ("prompt", "chosen", "rejected"),
+    "demonstrations": ("prompt", "completion"),
+    "prompts": ("prompt",),
+}
+
+
+class DataError(ValueError):
+    """A dataset row does not fit the schema; the message names the source, row and field."""
+
+
+def _field_problem(value: Any, field: str) -> str | None:
+    """Why ``value`` is not a valid text field, or None if it is."""
+    if value is None:
+        return "is missing (null)"
+    if isinstance(value, str):
+        # The prompt may legitimately be empty (unconditional generation); completions may not.
+        if field != "prompt" and not value.strip():
+            return "is an empty string"
+        return None
+    if isinstance(value, list):
+        if field != "prompt" and not value:
+            return "is an empty message list"
+        for j, message in enumerate(value):
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                return f"message {j} is not a {{'role': str, 'content': str}} dict (got {message!r:.80})"
+        return None
+    return f"must be a string or a list of messages, got {type(value).__name__} ({value!r:.80})"
+
+
+def validate_row(row: Any, index: int, kind: str, source: str) -> None:
+    """Raise DataError naming ``source``, ``index`` and the field if ``row`` breaks the ``kind`` schema."""
+    where = f"{source}: row {index}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with fields {REQUIRED_FIELDS[kind]}, got {type(row).__name__}")
+    for field in REQUIRED_FIELDS[kind]:
+        if field not in row:
+            raise DataError(f"{where}: field '{field}' is missing (a {kind} row needs {', '.join(REQUIRED_FIELDS[kind])};"
+                            f" it has {', '.join(sorted(row)) or 'no fields'})")
+        problem = _field_problem(row[field], field)
+        if problem:
+            raise DataError(f"{where}: field '{field}' {problem}")
+
+
+def validate_rows(rows: list[dict], kind: str, source: str, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
+    """Check every row; raise on the first bad one, or drop bad rows and count them if asked."""
+    if kind not in REQUIRED_FIELDS:
+        raise ValueError(f"unknown batch kind '{kind}', expected one of {sorted(REQUIRED_FIELDS)}")
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty")
+    good, skipped = [], 0
+    for i, row in enumerate(rows):
+        try:
+            validate_row(row, i, kind, source)
+        except DataError:
+            if not skip_bad_rows:
+                raise
+            skipped += 1
+            continue
+        good.append(row)
+    if not good:
+        raise DataError(f"{source}: all {len(rows)} rows are invalid")
+    return good, skipped

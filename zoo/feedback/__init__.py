@@ -1,0 +1,1 @@
+"""Where preferences come from. Feedback scores text, never the policy's token ids."""

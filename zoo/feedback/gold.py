@@ -1,0 +1,48 @@
+"""Simulated human raters for the embedded world: Bradley-Terry draws on gold-reward differences.
+
+A rater shown completions a and b of the same prompt prefers a with probability
+
+    P(a > b) = sigmoid((r_gold(a) - r_gold(b)) / temperature)
+
+(Bradley & Terry 1952; the preference model DPO and RLHF assume, Rafailov et al. 2023 Eq. 1). The
+temperature is in gold-reward units (VADER compound in [-1, 1]): small differences are coin flips,
+large ones are nearly always judged right, so labels are noisy the way people's are. The label-noise
+rate (how often the raters disagree with gold on pairs gold does not tie) is measured by the
+preference stage and written next to the data.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from zoo.world.gold import gold_reward
+
+
+@dataclass
+class Labels:
+    """One label per pair: whether the first completion won, the rater's probability, and gold rewards."""
+
+    first_wins: list[bool]
+    probability: list[float]  # P(first > second) under the rater model
+    reward_first: list[float]
+    reward_second: list[float]
+
+
+class SimulatedRaters:
+    """Noisy raters: Bradley-Terry draws with the given temperature from the world's gold reward."""
+
+    def __init__(self, temperature: float = 0.1, seed: int = 0):
+        if temperature <= 0:
+            raise ValueError(f"feedback.source.temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.seed = seed
+
+    def label(self, prompts: list, first: list[str], second: list[str]) -> Labels:
+        """Draw one preference per (prompt, first, second) triple, reproducibly for the seed."""
+        rng = random.Random(self.seed)
+        r1, r2 = gold_reward(first), gold_reward(second)
+        probs = [1.0 / (1.0 + math.exp(-(a - b) / self.temperature)) for a, b in zip(r1, r2)]
+        wins = [rng.random() < p for p in probs]
+        return Labels(wins, probs, r1, r2)

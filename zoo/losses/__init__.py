@@ -1,0 +1,8 @@
+"""Loss objects, one file per algorithm (see ``zoo.losses.base`` for the interface)."""
+
+from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps
+from zoo.losses.dpo import DPOLoss
+from zoo.losses.ipo import IPOLoss
+from zoo.losses.sft import SFTLoss
+
+__all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "DPOLoss", "IPOLoss", "SFTLoss"]

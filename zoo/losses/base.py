@@ -1,0 +1,82 @@
+"""The loss interface every algorithm implements.
+
+A loss is a small, pure ``nn.Module``: tensors in, :class:`LossOutput` out. It declares what it
+needs as class attributes, and the trainer reads those declarations instead of the algorithm's
+name:
+
+- ``batch_kind``: which collated batch it consumes (``"demonstrations"``, ``"pairs"``, ...; see
+  ``zoo.data.collate.COLLATORS``);
+- ``needs_reference``: whether the trainer must run the frozen reference policy on the batch.
+
+The trainer turns a batch into :class:`SequenceLogps` for the policy (with gradients) and, where
+asked, for the reference (without), and reduces ``LossOutput.loss`` (one value per example) with a
+mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SequenceLogps:
+    """Log-probabilities of the completion tokens of N sequences.
+
+    For paired batches N = 2B: the first B rows are the chosen completions, the last B the
+    rejected ones (one concatenated forward pass, as TRL does).
+    """
+
+    token_logps: torch.Tensor  # (N, T-1) log p(x_t | x_<t), zero outside the completion
+    completion_mask: torch.Tensor  # (N, T-1) 1 on completion tokens (shifted to align with token_logps)
+
+    @property
+    def logps(self) -> torch.Tensor:
+        """(N,) summed completion log-probability, log pi(y | x)."""
+        return (self.token_logps * self.completion_mask).sum(dim=-1)
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        """(N,) number of completion tokens per sequence."""
+        return self.completion_mask.sum(dim=-1)
+
+
+@dataclass
+class LossOutput:
+    """What every loss returns: per-example losses and detached metrics with TRL's names."""
+
+    loss: torch.Tensor  # (B,) one loss per example; the trainer takes the mean
+    metrics: dict[str, torch.Tensor]  # name -> (B,) or scalar tensor, averaged for logging
+
+
+class PreferenceLoss(nn.Module):
+    """Base class: declares the batch kind and whether a reference forward pass is needed."""
+
+    batch_kind: ClassVar[str]
+    needs_reference: ClassVar[bool]
+
+    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2B, ...) -> chosen (B, ...), rejected (B, ...): the collator puts chosen rows first."""
+    chosen, rejected = x.chunk(2, dim=0)
+    return chosen, rejected
+
+
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen_logps: torch.Tensor,
+                   rejected_logps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TRL's metric names for implicit-reward preference losses (all detached, shape (B,))."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "logps/chosen": chosen_logps.detach(),
+        "logps/rejected": rejected_logps.detach(),
+    }

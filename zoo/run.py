@@ -1,0 +1,149 @@
+"""One training run, end to end: stages -> data -> models -> fit -> evaluate -> run dir.
+
+The run dir (Hydra's output dir) receives ``config.yaml`` (resolved), ``log.jsonl``, ``metrics.json``,
+``samples.jsonl`` and ``model/`` (adapter only under LoRA). A run that fails still writes
+``metrics.json`` with ``"status": "failed"`` and the error; checkpoints and finished stages stay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from zoo import stages
+from zoo.data.collate import COLLATORS
+from zoo.data.load import load_rows, read_hub, read_rows, tokenize_rows
+from zoo.data.schema import DataError
+from zoo.evaluate import evaluate
+from zoo.models import Reference, apply_lora, load_causal_lm, load_tokenizer
+from zoo.trainer import fit
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    """Peak memory of this process: CUDA allocator peak on a GPU, else the process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
+    """Rows from a local file, or from a hub id / saved dataset directory."""
+    p = Path(path)
+    return read_rows(p) if p.is_file() or p.suffix in (".json", ".jsonl", ".parquet") else read_hub(path, split, subset)
+
+
+def resolve_data(cfg: DictConfig, kind: str, reference_path: str) -> tuple[list[dict], list, str, int]:
+    """(training rows, eval prompts, source name, rows skipped) for a loss consuming ``kind``."""
+    data = cfg.data
+    if kind == "pairs" and data.preference_stage:
+        source = str(stages.preference_stage(cfg, Path(reference_path), Path(data.prompts_path)))
+    elif kind == "demonstrations" and data.demonstrations_path:
+        source = data.demonstrations_path
+    elif data.path:
+        source = data.path
+    else:
+        raise DataError(f"data={data.name} gives no {kind} data: set data.path=FILE")
+    rows, skipped = load_rows(kind, source, _read_source(source, data.split, data.subset), data.skip_bad_rows)
+    if data.eval_path:
+        eval_prompts = [r["prompt"] for r in read_rows(data.eval_path)]
+    else:  # hold the last rows out of training so evaluation never sees trained prompts
+        held = min(cfg.eval.num_prompts, len(rows) // 10)
+        eval_prompts = [r["prompt"] for r in rows[len(rows) - held:]] if held else []
+        rows = rows[: len(rows) - held]
+    if data.max_rows:
+        rows = rows[: data.max_rows]
+    return rows, eval_prompts[: cfg.eval.num_prompts], source, skipped
+
+
+def build_policy(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
+    """The trainable policy (LoRA-wrapped if asked) and its frozen reference."""
+    m = cfg.model
+    policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits)
+    if cfg.peft.enabled:
+        p = cfg.peft
+        policy = apply_lora(policy, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None)
+    if cfg.peft.enabled and init_path == reference_path:
+        return policy, Reference(policy, None)  # the base with adapters disabled: no second copy
+    return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run ``cfg`` in ``run_dir``; returns the metrics written to metrics.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics: dict = {"algo": cfg.algo.name, "feedback": cfg.feedback.name, "model": cfg.model.name,
+                     "data": cfg.data.name, "seed": cfg.seed, "status": "running"}
+    try:
+        metrics.update(_train(cfg, run_dir))
+        metrics["status"] = "finished"
+        return metrics
+    except BaseException as err:
+        metrics.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.trainer.cpu_threads:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
+    loss_fn = instantiate(cfg.algo.loss)
+    started = time.perf_counter()
+
+    # --- stages: the reference policy and, for paired losses on the world, the preference data ---
+    demos = cfg.data.demonstrations_path
+    reference_path = str(stages.sft_stage(cfg, Path(demos))) if cfg.data.sft_stage else cfg.model.name_or_path
+    init_path = reference_path if cfg.algo.init == "reference" else cfg.model.name_or_path
+    rows, eval_prompts, source, skipped = resolve_data(cfg, loss_fn.batch_kind, reference_path)
+    stage_seconds = time.perf_counter() - started
+
+    # --- models and tokenized data ---
+    tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
+    policy, reference = build_policy(cfg, init_path, reference_path)
+    tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
+                                     cfg.data.skip_bad_rows)
+    collator = COLLATORS[loss_fn.batch_kind](tokenizer.pad_token_id, cfg.data.max_length)
+
+    # --- train ---
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = fit(policy, loss_fn, tokens, collator, cfg.trainer, run_dir, seed=cfg.seed,
+                 reference=reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}")
+    peak, peak_source = peak_memory_mb()
+    policy.save_pretrained(run_dir / "model", safe_serialization=True)
+    tokenizer.save_pretrained(run_dir / "model")
+    out = {
+        "train_seconds": result.train_seconds, "stage_seconds": stage_seconds, "steps": result.steps,
+        "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        "peak_memory_mb": peak, "peak_memory_source": peak_source,
+        "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
+        "reference": reference_path, "final_log": result.last_log,
+    }
+
+    # --- evaluate against the reference on held-out prompts ---
+    if cfg.eval.num_prompts > 0 and eval_prompts:
+        reward_fn = fluency_fn = None
+        if cfg.data.world_metrics:
+            from zoo.world.gold import gold_reward
+            from zoo.world.grammar import is_grammatical
+
+            reward_fn, fluency_fn = gold_reward, (lambda texts: [is_grammatical(t) for t in texts])
+        policy.eval()
+        eval_metrics, samples = evaluate(policy, reference, tokenizer, eval_prompts, cfg.eval.max_new_tokens,
+                                         cfg.eval.temperature, cfg.eval.batch_size, seed=10_000 + cfg.seed,
+                                         reward_fn=reward_fn, fluency_fn=fluency_fn)
+        out.update(eval_metrics)
+        with open(run_dir / "samples.jsonl", "w") as f:
+            for row in samples:
+                f.write(json.dumps(row) + "\n")
+    return out

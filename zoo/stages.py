@@ -1,0 +1,144 @@
+"""Pipeline stages a comparison shares, cached on disk by the config that produced them.
+
+- ``sft_stage``: SFT of the base model on the demonstrations -> the reference policy.
+- ``preference_stage``: two samples per prompt from the reference, labelled by the feedback source
+  -> a paired preference dataset (``prompt``, ``chosen``, ``rejected`` + gold rewards) in JSONL.
+
+A stage's cache key is a hash of everything it depends on (its inputs' keys, its config section,
+the data files' contents), so a sweep of many runs builds each stage once, and changing anything
+upstream rebuilds it. Stages are written to a temp directory and renamed into place under a file
+lock, so parallel runs (``hydra/launcher=joblib``) never see half a stage or build it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.data.collate import DemonstrationCollator
+from zoo.data.load import load_rows, read_rows, tokenize_rows
+from zoo.losses.sft import SFTLoss
+from zoo.models import load_causal_lm, load_tokenizer
+from zoo.rollout import sample
+from zoo.trainer import fit
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (or of every file under a directory)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def cached_stage(cache_dir: str, name: str, key: str, build) -> Path:
+    """Return ``cache_dir/name-key``, calling ``build(tmp_dir)`` first if it does not exist yet."""
+    final = Path(cache_dir) / f"{name}-{key}"
+    with _locked(final):
+        if (final / "stage.json").exists():
+            return final
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        started = time.perf_counter()
+        info = build(tmp) or {}
+        info.update(stage=name, key=key, build_seconds=round(time.perf_counter() - started, 2))
+        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        print(f"[zoo] built stage {name} in {info['build_seconds']} s -> {final}")
+    return final
+
+
+def sft_key(cfg: DictConfig, demonstrations: Path) -> str:
+    return cache_key("sft", cfg.model.name_or_path, file_digest(cfg.model.name_or_path) if Path(
+        cfg.model.name_or_path).is_dir() else None, file_digest(demonstrations), OmegaConf.to_container(
+        cfg.stages.sft), cfg.data.max_length)
+
+
+def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
+    """The cached SFT model (the reference policy) trained on ``demonstrations``."""
+    stage = cfg.stages.sft
+
+    def build(out: Path) -> dict:
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
+        rows, _ = load_rows("demonstrations", str(demonstrations), read_rows(demonstrations))
+        if stage.num_rows:
+            rows = rows[: stage.num_rows]
+        tokens, _ = tokenize_rows(rows, "demonstrations", tokenizer, str(demonstrations), cfg.data.max_length)
+        trainer_cfg = OmegaConf.merge(cfg.trainer, {
+            "max_steps": stage.max_steps, "learning_rate": stage.learning_rate, "batch_size": stage.batch_size,
+            "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20})
+        result = fit(model, SFTLoss(), tokens, DemonstrationCollator(tokenizer.pad_token_id, cfg.data.max_length),
+                     trainer_cfg, out / "train", seed=0, desc="stage: sft")
+        model.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+        return {"steps": result.steps, "train_seconds": round(result.train_seconds, 2), "final": result.last_log}
+
+    return cached_stage(cfg.stages.cache_dir, "sft", sft_key(cfg, demonstrations), build) / "model"
+
+
+def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
+    """The cached paired preference dataset: reference samples labelled by ``cfg.feedback``."""
+    stage = cfg.stages.preferences
+    key = cache_key("preferences", str(reference_path), file_digest(reference_path), file_digest(prompts_file),
+                    OmegaConf.to_container(stage), OmegaConf.to_container(cfg.feedback))
+
+    def build(out: Path) -> dict:
+        tokenizer = load_tokenizer(str(reference_path))
+        model = load_causal_lm(str(reference_path))
+        prompts = [r["prompt"] for r in read_rows(prompts_file)][: stage.num_prompts]
+        first = sample(model, tokenizer, prompts, stage.max_new_tokens, stage.temperature, 128, seed=1,
+                       desc="stage: preference samples (a)")
+        second = sample(model, tokenizer, prompts, stage.max_new_tokens, stage.temperature, 128, seed=2,
+                        desc="stage: preference samples (b)")
+        rater = instantiate(cfg.feedback.source)
+        labels = rater.label(prompts, first.texts, second.texts)
+        rows, disagree, decided, identical = [], 0, 0, 0
+        for i, prompt in enumerate(prompts):
+            if first.texts[i] == second.texts[i]:
+                identical += 1  # no preference to learn from two identical completions
+                continue
+            a, b, ra, rb = first.texts[i], second.texts[i], labels.reward_first[i], labels.reward_second[i]
+            if not labels.first_wins[i]:
+                a, b, ra, rb = b, a, rb, ra
+            if ra != rb:
+                decided += 1
+                disagree += ra < rb
+            rows.append({"prompt": prompt, "chosen": a, "rejected": b, "chosen_gold": ra, "rejected_gold": rb})
+        with open(out / "pairs.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        noise = disagree / decided if decided else float("nan")
+        print(f"[zoo] preference stage: {len(rows)} pairs, label-noise rate vs gold {noise:.3f} "
+              f"({disagree}/{decided} pairs with a gold difference), {identical} identical pairs dropped")
+        return {"pairs": len(rows), "label_noise_rate": noise, "gold_ties": len(rows) - decided,
+                "identical_dropped": identical}
+
+    return cached_stage(cfg.stages.cache_dir, "preferences", key, build) / "pairs.jsonl"

@@ -1,0 +1,183 @@
+"""THE trainer: one ``fit()`` loop for every algorithm, on ``accelerate``.
+
+The loop only knows the loss's declarations (``batch_kind``, ``needs_reference``); it never looks at
+an algorithm's name. Per optimizer step:
+
+    batch (collated for loss.batch_kind)
+      -> policy completion log-probs (with grad)          SequenceLogps, (N, T-1)
+      -> reference completion log-probs (no grad), if the loss needs them
+      -> loss(policy, reference) -> LossOutput(loss (B,), metrics)
+      -> mean, backward, clip, step (accelerate handles accumulation, devices, mixed precision)
+
+Logs go to ``log.jsonl`` (``step``, ``loss``, ``lr`` and the loss's metrics averaged over the steps since
+the last line); checkpoints (``accelerate`` state + step) go to ``checkpoints/step_N`` and a run
+restarted in the same directory resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from zoo.config import TrainerConfig
+from zoo.losses.base import PreferenceLoss
+from zoo.models import Reference, sequence_logps
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Index batches for steps ``start..end`` of an endless seeded shuffle, so a resumed run sees the
+    same data in the same order as an uninterrupted one (epoch e uses permutation seed + e)."""
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int, start_batch: int, end_batch: int):
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.start_batch, self.end_batch = start_batch, end_batch
+
+    def __len__(self) -> int:
+        return max(0, self.end_batch - self.start_batch)
+
+    def __iter__(self):
+        per_epoch = max(1, self.num_rows // self.batch_size)  # drop the ragged tail: fixed batch shape
+        for b in range(self.start_batch, self.end_batch):
+            epoch, k = divmod(b, per_epoch)
+            order = list(range(self.num_rows))
+            random.Random(self.seed + epoch).shuffle(order)
+            chunk = order[k * self.batch_size:(k + 1) * self.batch_size]
+            yield chunk if len(chunk) == self.batch_size else (chunk + order)[: self.batch_size]
+
+
+@dataclass
+class FitResult:
+    """What a finished ``fit`` reports to the run."""
+
+    steps: int
+    train_seconds: float
+    examples_seen: int
+    last_log: dict
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/step_N`` directory, if any."""
+    done = [p for p in (run_dir / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    sums, counts = defaultdict(float), defaultdict(int)
+    for entry in window:
+        for k, v in entry.items():
+            sums[k] += v
+            counts[k] += 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], collator, cfg: TrainerConfig,
+        run_dir: str | Path, seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
+    """Train ``policy`` on tokenized ``rows`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if loss_fn.needs_reference and reference is None:
+        raise ValueError(f"{type(loss_fn).__name__} needs a reference model; pass reference=")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(seed)
+
+    # --- optimizer and schedule: AdamW, linear warm-up then constant (the DPO paper's schedule) ---
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    if reference is not None:
+        reference.to(accelerator.device)
+
+    # --- resume from the newest checkpoint in this run dir ---
+    start_step = 0
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        accelerator.print(f"resuming from {checkpoint} at step {start_step}")
+
+    micro = cfg.grad_accum_steps * accelerator.num_processes
+    sampler = StepBatches(len(rows), cfg.batch_size, seed, start_step * micro, cfg.max_steps * micro)
+    loader = accelerator.prepare(DataLoader(rows, batch_sampler=sampler, collate_fn=collator))
+
+    log_path = run_dir / "log.jsonl"
+    window: list[dict[str, float]] = []
+    last_log: dict = {}
+    step, started = start_step, time.perf_counter()
+    policy.train()
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
+    for batch in loader:
+        with accelerator.accumulate(policy):
+            # --- forward: policy with grad, reference without ---
+            policy_logps = sequence_logps(policy, batch)
+            reference_logps = None
+            if loss_fn.needs_reference:
+                with torch.no_grad(), reference.model(accelerator.unwrap_model(policy)) as ref_model:
+                    reference_logps = sequence_logps(ref_model, batch)
+            out = loss_fn(policy_logps, reference_logps)
+            loss = out.loss.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
+
+            # --- backward and update (a real update only at the end of an accumulation window) ---
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+
+        metrics = {"loss": accelerator.gather(loss.detach()).mean().item()}
+        for name, value in out.metrics.items():
+            metrics[name] = accelerator.gather(value.detach().float().reshape(-1)).mean().item()
+        window.append(metrics)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        bar.update(1)
+
+        # --- log: step 1, every log_every steps, and the last step ---
+        if step == 1 or step % cfg.log_every == 0 or step == cfg.max_steps:
+            last_log = {"step": step, **_mean_metrics(window), "lr": scheduler.get_last_lr()[0],
+                        "elapsed_s": round(time.perf_counter() - started, 3)}
+            window = []
+            bar.set_postfix(loss=f"{last_log['loss']:.4f}")
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(last_log) + "\n")
+
+        # --- checkpoint ---
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            save_checkpoint(accelerator, run_dir, step)
+    bar.close()
+    accelerator.wait_for_everyone()
+    return FitResult(steps=step, train_seconds=time.perf_counter() - started,
+                     examples_seen=(step - start_step) * cfg.batch_size * micro, last_log=last_log)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int = 2) -> None:
+    """Save accelerate state to checkpoints/step_N (written to a temp dir, then renamed: never half a checkpoint)."""
+    root = run_dir / "checkpoints"
+    tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

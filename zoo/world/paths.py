@@ -1,0 +1,10 @@
+"""Where the committed world assets live (loaded with ``from_pretrained`` / ``datasets`` like any other)."""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+MODEL = ASSETS / "model"  # tokenizer + pretrained base model (safetensors)
+DATA = ASSETS / "data"
+DEMONSTRATIONS = DATA / "sft.jsonl"  # prompt, completion
+PREFERENCE_PROMPTS = DATA / "preference_prompts.jsonl"  # prompt
+EVAL_PROMPTS = DATA / "eval_prompts.jsonl"  # prompt (held out from everything above)
