@@ -1,0 +1,74 @@
+"""Bad input gets a clear error naming the file, the row and the field; good input in every schema loads."""
+
+import json
+
+import pytest
+
+from zoo.data.collate import PairCollator
+from zoo.data.load import load_rows, read_rows, to_schema
+from zoo.data.schema import DataError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"prompt": "The plot was", "chosen": " great.", "rejected": " awful."}
+
+
+@pytest.mark.parametrize("bad_row, field, problem", [
+    ({"prompt": "The plot was", "rejected": " awful."}, "chosen", "is missing"),
+    ({"prompt": "The plot was", "chosen": "", "rejected": " awful."}, "chosen", "empty string"),
+    ({"prompt": "The plot was", "chosen": " great.", "rejected": 3}, "rejected", "must be a string"),
+    ({"prompt": None, "chosen": " great.", "rejected": " awful."}, "prompt", "is missing"),
+    ({"prompt": "x", "chosen": [{"role": "assistant"}], "rejected": " awful."}, "chosen", "message 0"),
+])
+def test_bad_row_names_file_row_and_field(tmp_path, bad_row, field, problem):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, bad_row, GOOD])
+    with pytest.raises(DataError) as err:
+        load_rows("pairs", str(path), read_rows(path))
+    message = str(err.value)
+    assert str(path) in message and "row 2" in message and f"'{field}'" in message and problem in message
+
+
+def test_bad_rows_can_be_skipped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, {"prompt": "a", "chosen": "", "rejected": "b"}, GOOD])
+    rows, skipped = load_rows("pairs", str(path), read_rows(path), skip_bad_rows=True)
+    assert (len(rows), skipped) == (2, 1)
+
+
+def test_invalid_json_line_is_reported_with_its_row(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"prefs.jsonl: row 1 \(line 2\) is not valid JSON"):
+        read_rows(path)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "nope.jsonl")
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_rows(tmp_path / "data.csv")
+
+
+def test_implicit_prompt_is_split_off():
+    rows = to_schema([{"chosen": "The plot was great.", "rejected": "The plot was awful."}], "pairs")
+    assert (rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"]) == ("The plot was", " great.", " awful.")
+
+
+def test_conversational_messages_become_demonstrations():
+    messages = [{"role": "user", "content": "Review it."}, {"role": "assistant", "content": "Great."}]
+    rows, _ = load_rows("demonstrations", "mem", [{"messages": messages}])
+    assert rows[0]["prompt"] == messages[:1] and rows[0]["completion"] == messages[1:]
+
+
+def test_pair_collator_stacks_chosen_then_rejected_and_masks_completions():
+    batch = PairCollator(pad_token_id=0)([
+        {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9]},
+        {"prompt_ids": [5], "chosen_ids": [7], "rejected_ids": [9, 9, 9]},
+    ])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [5, 7, 0, 0], [5, 6, 9, 0], [5, 9, 9, 9]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
