@@ -21,6 +21,18 @@ def _error(message: str) -> str:
     return "zoo: error: " + textwrap.fill(str(message), width=100, subsequent_indent="  ")
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for zoo's own progress bars: no weight-loading bars or INFO chatter."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _train_main() -> None:
     """Hydra entry point for ``zoo train``; a failing job prints one paragraph, not a traceback."""
     import hydra
@@ -31,10 +43,11 @@ def _train_main() -> None:
 
     register_configs()
 
-    @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
     def task(cfg) -> float | None:
         from zoo.run import train
 
+        _quiet_libraries()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             metrics = train(cfg, run_dir)

@@ -109,7 +109,7 @@ def prompt_rows(reviews: list[str], seed: int, with_completion: bool) -> list[di
     return rows
 
 
-def build(out: Path, seed: int = 0, corpus_size: int = 50_000, vocab_size: int = 1024, hidden: int = 192,
+def build(out: Path, seed: int = 0, corpus_size: int = 50_000, vocab_size: int = 1536, hidden: int = 192,
           layers: int = 4, steps: int = 1500, batch_size: int = 64, lr: float = 3e-3, num_sft: int = 4000,
           num_pref: int = 4000, num_eval: int = 512) -> dict:
     """Build every asset under ``out`` (model/ and data/); returns a summary."""

@@ -1,0 +1,106 @@
+"""CPU smoke runs composed through Hydra: every algorithm, LoRA, a multirun, bad input, the run-dir contract.
+
+They use the committed world with ``experiment=smoke`` (a few steps, tiny stages), through the real
+``zoo`` command, so they check wiring and contracts, not results (results: tests marked slow and
+the README's measured numbers).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+RUN_FILES = ("config.yaml", "log.jsonl", "metrics.json", "samples.jsonl")
+METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "mean_length", "distinct_2", "fluency",
+           "train_seconds", "peak_memory_mb", "samples_per_second", "status")
+
+
+def zoo(*args, cache, check=True):
+    env = {"ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = {**os.environ, **env}
+    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo_cache")
+
+
+def check_run_dir(run_dir, algo):
+    for name in RUN_FILES:
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["algo"] == algo
+    for key in METRICS:
+        assert key in metrics, key
+    assert 0.0 <= metrics["win_rate_vs_ref"] <= 1.0
+    assert metrics["gold_reward"]["ci95_low"] <= metrics["gold_reward"]["mean"] <= metrics["gold_reward"]["ci95_high"]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 1 and "loss" in log[0] and log[-1]["step"] == 3
+    return metrics, log
+
+
+@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo"])
+def test_each_algorithm_runs(algo, cache, tmp_path):
+    zoo("train", f"algo={algo}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
+    metrics, log = check_run_dir(tmp_path, algo)
+    if algo != "sft":
+        assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected"} <= set(log[0])
+        assert (tmp_path / "checkpoints" / "step_2").is_dir()
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_lora_saves_only_the_adapter(cache, tmp_path):
+    zoo("train", "algo=dpo", "peft=lora", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
+    check_run_dir(tmp_path, "dpo")
+    assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_multirun_sweep(cache, tmp_path):
+    zoo("train", "-m", "algo=dpo,ipo", "seed=0,1", "experiment=smoke", "eval.num_prompts=4",
+        f"hydra.sweep.dir={tmp_path}", cache=cache)
+    runs = sorted(p.name for p in tmp_path.iterdir() if (p / "metrics.json").exists())
+    assert len(runs) == 4 and {r.split("-")[0] for r in runs} == {"dpo", "ipo"}
+
+
+def test_local_file_trains_the_given_model(cache, tmp_path):
+    """`data=local data.path=FILE model.name_or_path=DIR`: no stages; policy and reference start from DIR."""
+    from zoo.world import paths
+
+    rows = [{"chosen": f"The plot was great number {i}.", "rejected": f"The plot was awful number {i}."}
+            for i in range(40)]  # implicit prompt, standard format
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    zoo("train", "algo=dpo", "data=local", f"data.path={data}", f"model.name_or_path={paths.MODEL}",
+        "trainer=cpu_smoke", "eval.num_prompts=4", "eval.max_new_tokens=8", f"hydra.run.dir={run_dir}", cache=cache)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["reference"] == str(paths.MODEL)
+    assert metrics["data_source"] == str(data) and "gold_reward" not in metrics  # no world gold on local data
+
+
+def test_bad_dataset_fails_with_one_paragraph(cache, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
+                    + json.dumps({"prompt": "a", "chosen": 7, "rejected": "c"}) + "\n")
+    run_dir = tmp_path / "run"
+    proc = zoo("train", "data=local", f"data.path={data}", "trainer=cpu_smoke", f"hydra.run.dir={run_dir}",
+               cache=cache, check=False)
+    assert proc.returncode != 0
+    assert "row 1" in proc.stderr and "'chosen'" in proc.stderr and "Traceback" not in proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "row 1" in metrics["error"]
+
+
+def test_mistyped_key_fails_at_compose_time(cache, tmp_path):
+    proc = zoo("train", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}", cache=cache, check=False)
+    assert proc.returncode != 0 and "max_stepz" in proc.stderr

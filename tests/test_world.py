@@ -1,0 +1,51 @@
+"""The embedded world: raters, committed assets, and a deterministic rebuild (grammar: test_world_grammar.py)."""
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from zoo.feedback.gold import SimulatedRaters
+from zoo.world import paths
+
+
+def test_raters_follow_bradley_terry():
+    """P(first wins) = sigmoid((VADER(good) - VADER(fine)) / 0.1), and the empirical win rate matches it."""
+    raters = SimulatedRaters(temperature=0.1, seed=0)
+    n = 4000
+    labels = raters.label(["p"] * n, ["The acting was good."] * n, ["The acting was fine."] * n)
+    gap = labels.reward_first[0] - labels.reward_second[0]
+    expected = 1 / (1 + math.exp(-gap / 0.1))
+    assert labels.probability[0] == pytest.approx(expected)
+    assert sum(labels.first_wins) / n == pytest.approx(expected, abs=0.03)
+
+
+def test_committed_assets_load_like_a_hub_model():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.MODEL)
+    model = AutoModelForCausalLM.from_pretrained(paths.MODEL, use_safetensors=True)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert 2e6 <= sum(p.numel() for p in model.parameters()) <= 5e6
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Review it."}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert chat.endswith("Assistant:")
+    for name in ("sft.jsonl", "preference_prompts.jsonl", "eval_prompts.jsonl"):
+        assert (paths.DATA / name).stat().st_size > 0
+    total = sum(p.stat().st_size for p in paths.ASSETS.rglob("*") if p.is_file())
+    assert total < 20 * 2**20
+
+
+def test_world_build_is_deterministic(tmp_path):
+    digests = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        subprocess.run([sys.executable, "-m", "zoo.cli", "world", "build", "--quick", "--out", str(out)], check=True,
+                       capture_output=True)
+        files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "build_info.json")
+        digests.append({p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+    assert digests[0] == digests[1] and "model/model.safetensors" in digests[0]
+    info = json.loads((tmp_path / "a" / "build_info.json").read_text())
+    assert info["pretrain_steps"] == 20
