@@ -44,8 +44,8 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
 
 
 @torch.no_grad()
-def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int) -> list[torch.Tensor]:
-    """Per-sequence (token_logps, mask) sums of each sample's completion under ``model``."""
+def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y|x) summed over each completion (N,), completion lengths (N,)) under ``model``."""
     device = next(model.parameters()).device
     collate = DemonstrationCollator(pad_token_id)
     rows = [{"prompt_ids": p, "completion_ids": c} for p, c in zip(samples.prompt_ids, samples.completion_ids)]
@@ -55,7 +55,7 @@ def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int
         out = sequence_logps(model, batch)
         sums.append(out.logps.cpu())
         counts.append(out.num_tokens.cpu())
-    return [torch.cat(sums), torch.cat(counts)]
+    return torch.cat(sums), torch.cat(counts)
 
 
 def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tokens: int, temperature: float,
