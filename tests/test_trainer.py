@@ -58,3 +58,29 @@ def test_training_moves_the_margin_the_right_way(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["rewards/margins"] > log[0]["rewards/margins"] + 0.05
     assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled():
+    """Under LoRA no second copy is loaded, and the reference's log-probs are exactly the base model's."""
+    from omegaconf import OmegaConf
+
+    from zoo.data.collate import DemonstrationCollator
+    from zoo.models import sequence_logps
+    from zoo.run import build_policy
+
+    cfg = OmegaConf.create({"model": {"dtype": "float32", "trust_remote_code": False}, "quant": {"bits": None},
+                            "peft": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}})
+    policy, reference = build_policy(cfg, str(paths.MODEL), str(paths.MODEL))
+    assert reference.separate is None
+    with torch.no_grad():  # LoRA's B starts at zero; move it so the policy differs from its base
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    tokenizer = load_tokenizer(str(paths.MODEL))
+    batch = DemonstrationCollator(tokenizer.pad_token_id)([{"prompt_ids": tokenizer("The plot was")["input_ids"],
+                                                           "completion_ids": tokenizer(" great.")["input_ids"]}])
+    with torch.no_grad(), reference.model() as ref_model:
+        ref = sequence_logps(ref_model, batch).logps
+    base = sequence_logps(load_causal_lm(str(paths.MODEL)), batch).logps.detach()
+    torch.testing.assert_close(ref, base)
+    assert not torch.allclose(sequence_logps(policy, batch).logps.detach(), base)
