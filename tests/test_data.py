@@ -72,3 +72,12 @@ def test_pair_collator_stacks_chosen_then_rejected_and_masks_completions():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [5, 7, 0, 0], [5, 6, 9, 0], [5, 9, 9, 9]]
     assert batch["completion_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_spearman_matches_hand_ranks():
+    """Ranks a = (1, 2, 3, 4), b = (1, 3, 2, 4): 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8; ties get average ranks."""
+    from zoo.evaluate import spearman
+
+    assert spearman([0.1, 0.2, 0.3, 0.4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)

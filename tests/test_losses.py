@@ -93,3 +93,28 @@ def test_declarations():
     assert (SFTLoss.batch_kind, SFTLoss.needs_reference) == ("demonstrations", False)
     assert (DPOLoss.batch_kind, DPOLoss.needs_reference) == ("pairs", True)
     assert (IPOLoss.batch_kind, IPOLoss.needs_reference) == ("pairs", True)
+
+
+def test_bradley_terry_hand_computed():
+    """Scores: chosen (2, 0), rejected (1, 1); margin 0, centering c = 0.01.
+    pair 1: -log sigmoid(2 - 1) + 0.01 * (2 + 1)^2 = 0.313262 + 0.09 = 0.403262
+    pair 2: -log sigmoid(0 - 1) + 0.01 * (0 + 1)^2 = 1.313262 + 0.01 = 1.323262
+    With margin 1 and no centering, pair 1 becomes -log sigmoid(0) = log 2."""
+    from zoo.losses import BradleyTerryLoss, SequenceScores
+
+    scores = SequenceScores(torch.tensor([2.0, 0.0, 1.0, 1.0]))
+    out = BradleyTerryLoss(margin=0.0, center_coef=0.01)(scores)
+    assert_close(out.loss, torch.tensor([math.log1p(math.exp(-1)) + 0.09, math.log1p(math.exp(1)) + 0.01]))
+    assert_close(out.metrics["rewards/accuracies"], torch.tensor([1.0, 0.0]))
+    assert_close(out.metrics["rewards/margins"], torch.tensor([1.0, -1.0]))
+    out = BradleyTerryLoss(margin=1.0, center_coef=0.0)(scores)
+    assert_close(out.loss[0], torch.tensor(math.log(2.0)))
+
+
+def test_bradley_terry_gradient_signs():
+    """The loss pushes the chosen score up and the rejected score down."""
+    from zoo.losses import BradleyTerryLoss, SequenceScores
+
+    scores = torch.tensor([0.5, 0.5], requires_grad=True)
+    BradleyTerryLoss(center_coef=0.0)(SequenceScores(scores)).loss.sum().backward()
+    assert scores.grad[0] < 0 < scores.grad[1]

@@ -58,6 +58,17 @@ def test_each_algorithm_runs(algo, cache, tmp_path):
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_reward_model_runs(peft, cache, tmp_path):
+    zoo("train", "algo=reward", f"peft={peft}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["num_eval_pairs"] >= 1
+    for key in ("rm_accuracy_vs_labels", "rm_accuracy_vs_gold", "rm_spearman_gold"):
+        assert key in metrics
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "rewards/margins", "rewards/accuracies"} <= set(log[0])
+
+
 def test_lora_saves_only_the_adapter(cache, tmp_path):
     zoo("train", "algo=dpo", "peft=lora", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     check_run_dir(tmp_path, "dpo")

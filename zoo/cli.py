@@ -58,7 +58,8 @@ def _train_main() -> None:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 return None  # the other runs of the sweep still complete
             raise SystemExit(1)
-        summary = {k: metrics[k] for k in ("gold_reward", "kl_to_ref", "win_rate_vs_ref") if k in metrics}
+        summary = {k: metrics[k] for k in ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "rm_accuracy_vs_labels",
+                                                 "rm_accuracy_vs_gold", "rm_spearman_gold") if k in metrics}
         print(f"[zoo] {cfg.algo.name} seed {cfg.seed} -> {run_dir}: " + ", ".join(
             f"{k}={v['mean'] if isinstance(v, dict) else v:.3f}" for k, v in summary.items()))
         return metrics.get("win_rate_vs_ref")

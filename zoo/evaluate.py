@@ -104,3 +104,51 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
             row.update(gold_reward=policy_rewards[i], ref_gold_reward=ref_rewards[i])
         rows.append(row)
     return metrics, rows
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties), without scipy."""
+    def ranks(x: list[float]) -> torch.Tensor:
+        t = torch.tensor(x, dtype=torch.float64)
+        order = t.argsort()
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for value in t.unique():  # ties share their average rank
+            tied = t == value
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+@torch.no_grad()
+def evaluate_reward_model(model, pairs: list[dict], tokens: list[dict], collator, batch_size: int) -> tuple[dict, list[dict]]:
+    """Held-out pairwise accuracy of a reward model vs the raters' labels and vs gold, and rank
+    correlation of its scores with gold. ``pairs`` are the rows (with ``chosen_gold`` /
+    ``rejected_gold`` when the data has gold), ``tokens`` their tokenized form."""
+    from zoo.models import sequence_scores
+
+    model.eval()
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(tokens), batch_size):
+        batch = {k: v.to(device) for k, v in collator(tokens[start:start + batch_size]).items()}
+        c, r = sequence_scores(model, batch).scores.chunk(2)
+        chosen += c.tolist()
+        rejected += r.tolist()
+    metrics = {"rm_accuracy_vs_labels": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs),
+               "num_eval_pairs": len(pairs)}
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "score_chosen": c,
+             "score_rejected": r} for p, c, r in zip(pairs, chosen, rejected)]
+    if all("chosen_gold" in p for p in pairs):
+        decided = [(c - r, p["chosen_gold"] - p["rejected_gold"]) for p, c, r in zip(pairs, chosen, rejected)
+                   if p["chosen_gold"] != p["rejected_gold"]]
+        metrics["rm_accuracy_vs_gold"] = sum((dr > 0) == (dg > 0) for dr, dg in decided) / len(decided)
+        metrics["labels_accuracy_vs_gold"] = sum(dg > 0 for _, dg in decided) / len(decided)  # the raters' ceiling
+        gold = [p["chosen_gold"] for p in pairs] + [p["rejected_gold"] for p in pairs]
+        metrics["rm_spearman_gold"] = spearman(chosen + rejected, gold)
+        for row, p in zip(rows, pairs):
+            row.update(chosen_gold=p["chosen_gold"], rejected_gold=p["rejected_gold"])
+    return metrics, rows

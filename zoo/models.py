@@ -13,9 +13,9 @@ import copy
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from zoo.losses.base import SequenceLogps
+from zoo.losses.base import SequenceLogps, SequenceScores
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,15 +63,29 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
     return model
 
 
+def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float32", trust_remote_code: bool = False,
+                      quant_bits: int | None = None) -> nn.Module:
+    """A scalar-head model (``num_labels=1``) initialised from a causal LM: the trunk is the LM's, the
+    head is new. Transformers' sequence-classification models read the head at the last non-pad token,
+    so ``pad_token_id`` must be set (and differ from EOS, or the EOS itself would count as padding)."""
+    torch_dtype = DTYPES[dtype]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+        quantization_config=quantization_config(quant_bits, torch_dtype), pad_token_id=pad_token_id,
+    )
+    disable_dropout(model)
+    return model
+
+
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
-               quantized: bool = False) -> nn.Module:
-    """Wrap ``model`` with fresh LoRA adapters; only the adapters train."""
+               quantized: bool = False, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters; only the adapters (and, for SEQ_CLS, the head) train."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
-                        if not isinstance(target_modules, str) else target_modules, task_type="CAUSAL_LM")
+                        if not isinstance(target_modules, str) else target_modules, task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -123,3 +137,13 @@ def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0) -> S
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # shift: token t is predicted at position t-1
     logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature) * mask
     return SequenceLogps(token_logps=logps, completion_mask=mask)
+
+
+def sequence_scores(model: nn.Module, batch: dict) -> SequenceScores:
+    """(N,) scalar scores of a collated batch from a ``num_labels=1`` sequence-classification model."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return SequenceScores(scores=logits.squeeze(-1).float())
+
+
+# What each loss's ``model_output`` declaration asks the trainer to compute.
+MODEL_OUTPUTS = {"logps": sequence_logps, "scores": sequence_scores}

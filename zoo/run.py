@@ -22,8 +22,8 @@ from zoo import stages
 from zoo.data.collate import COLLATORS
 from zoo.data.load import load_rows, read_hub, read_rows, tokenize_rows
 from zoo.data.schema import DataError
-from zoo.evaluate import evaluate
-from zoo.models import Reference, apply_lora, load_causal_lm, load_tokenizer
+from zoo.evaluate import evaluate, evaluate_reward_model
+from zoo.models import Reference, apply_lora, load_causal_lm, load_reward_model, load_tokenizer
 from zoo.trainer import fit
 
 
@@ -40,8 +40,12 @@ def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
     return read_rows(p) if p.is_file() or p.suffix in (".json", ".jsonl", ".parquet") else read_hub(path, split, subset)
 
 
-def resolve_data(cfg: DictConfig, kind: str, reference_path: str) -> tuple[list[dict], list, str, int]:
-    """(training rows, eval prompts, source name, rows skipped) for a loss consuming ``kind``."""
+def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: bool = False
+                 ) -> tuple[list[dict], list, str, int]:
+    """(training rows, eval items, source name, rows skipped) for a loss consuming ``kind``.
+
+    Eval items are prompts (policies are evaluated by sampling), or, with ``eval_on_rows``, held-out
+    training rows (reward models are evaluated on pairs they never saw)."""
     data = cfg.data
     if kind == "pairs" and data.preference_stage:
         source = str(stages.preference_stage(cfg, Path(reference_path), Path(data.prompts_path)))
@@ -52,18 +56,20 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str) -> tuple[list[
     else:
         raise DataError(f"data={data.name} gives no {kind} data: set data.path=FILE")
     rows, skipped = load_rows(kind, source, _read_source(source, data.split, data.subset), data.skip_bad_rows)
-    if data.eval_path:
-        eval_prompts = [r["prompt"] for r in read_rows(data.eval_path)]
-    else:  # hold the last rows out of training so evaluation never sees trained prompts
+    if data.eval_path and not eval_on_rows:
+        eval_items = [r["prompt"] for r in read_rows(data.eval_path)]
+    else:  # hold the last rows out of training so evaluation never sees trained data
         held = min(cfg.eval.num_prompts, len(rows) // 10)
-        eval_prompts = [r["prompt"] for r in rows[len(rows) - held:]] if held else []
+        eval_items = rows[len(rows) - held:] if held else []
+        eval_items = eval_items if eval_on_rows else [r["prompt"] for r in eval_items]
         rows = rows[: len(rows) - held]
     if data.max_rows:
         rows = rows[: data.max_rows]
-    return rows, eval_prompts[: cfg.eval.num_prompts], source, skipped
+    return rows, eval_items[: cfg.eval.num_prompts], source, skipped
 
 
-def build_policy(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
+def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer=None
+                 ) -> tuple[torch.nn.Module, Reference]:
     """The trainable policy (LoRA-wrapped if asked) and its frozen reference."""
     m = cfg.model
     policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits)
@@ -73,6 +79,42 @@ def build_policy(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[
     if cfg.peft.enabled and init_path == reference_path:
         return policy, Reference(policy, None)  # the base with adapters disabled: no second copy
     return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits))
+
+
+def build_reward_model(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> tuple[torch.nn.Module, None]:
+    """A scalar-head reward model initialised from ``init_path`` (the SFT policy by default), no reference."""
+    m = cfg.model
+    model = load_reward_model(init_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code, cfg.quant.bits)
+    if cfg.peft.enabled:
+        p = cfg.peft
+        model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None,
+                           task_type="SEQ_CLS")  # SEQ_CLS also trains the new head (modules_to_save)
+    return model, None
+
+
+def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list, collator) -> tuple[dict, list]:
+    """Sample the policy and its reference on held-out prompts; world runs also get gold reward and fluency."""
+    reward_fn = fluency_fn = None
+    if cfg.data.world_metrics:
+        from zoo.world.gold import gold_reward
+        from zoo.world.grammar import is_grammatical
+
+        reward_fn, fluency_fn = gold_reward, (lambda texts: [is_grammatical(t) for t in texts])
+    return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
+                    cfg.eval.batch_size, seed=10_000 + cfg.seed, reward_fn=reward_fn, fluency_fn=fluency_fn)
+
+
+def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list, collator) -> tuple[dict, list]:
+    """Held-out pairwise accuracy (vs labels and gold) and rank correlation with gold of a reward model."""
+    tokens, _ = tokenize_rows(pairs, "pairs", tokenizer, "held-out pairs", cfg.data.max_length, skip_bad_rows=True)
+    return evaluate_reward_model(model, pairs, tokens, collator, cfg.eval.batch_size)
+
+
+# Keyed by the loss's ``model_output`` declaration: how to build the trained model, whether evaluation
+# uses held-out training rows, and how to evaluate it.
+BUILDERS = {"logps": build_policy, "scores": build_reward_model}
+EVAL_ON_ROWS = {"logps": False, "scores": True}
+EVALUATORS = {"logps": evaluate_policy_run, "scores": evaluate_reward_run}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -104,12 +146,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     demos = cfg.data.demonstrations_path
     reference_path = str(stages.sft_stage(cfg, Path(demos))) if cfg.data.sft_stage else cfg.model.name_or_path
     init_path = reference_path if cfg.algo.init == "reference" else cfg.model.name_or_path
-    rows, eval_prompts, source, skipped = resolve_data(cfg, loss_fn.batch_kind, reference_path)
+    kind = loss_fn.model_output
+    rows, eval_items, source, skipped = resolve_data(cfg, loss_fn.batch_kind, reference_path, EVAL_ON_ROWS[kind])
     stage_seconds = time.perf_counter() - started
 
     # --- models and tokenized data ---
     tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
-    policy, reference = build_policy(cfg, init_path, reference_path)
+    policy, reference = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
     tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
                                      cfg.data.skip_bad_rows)
     collator = COLLATORS[loss_fn.batch_kind](tokenizer.pad_token_id, cfg.data.max_length)
@@ -130,18 +173,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         "reference": reference_path, "final_log": result.last_log,
     }
 
-    # --- evaluate against the reference on held-out prompts ---
-    if cfg.eval.num_prompts > 0 and eval_prompts:
-        reward_fn = fluency_fn = None
-        if cfg.data.world_metrics:
-            from zoo.world.gold import gold_reward
-            from zoo.world.grammar import is_grammatical
-
-            reward_fn, fluency_fn = gold_reward, (lambda texts: [is_grammatical(t) for t in texts])
+    # --- evaluate on held-out data (prompts for a policy, pairs for a reward model) ---
+    if cfg.eval.num_prompts > 0 and eval_items:
         policy.eval()
-        eval_metrics, samples = evaluate(policy, reference, tokenizer, eval_prompts, cfg.eval.max_new_tokens,
-                                         cfg.eval.temperature, cfg.eval.batch_size, seed=10_000 + cfg.seed,
-                                         reward_fn=reward_fn, fluency_fn=fluency_fn)
+        eval_metrics, samples = EVALUATORS[kind](cfg, policy, reference, tokenizer, eval_items, collator)
         out.update(eval_metrics)
         with open(run_dir / "samples.jsonl", "w") as f:
             for row in samples:

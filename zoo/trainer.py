@@ -4,8 +4,9 @@ The loop only knows the loss's declarations (``batch_kind``, ``needs_reference``
 an algorithm's name. Per optimizer step:
 
     batch (collated for loss.batch_kind)
-      -> policy completion log-probs (with grad)          SequenceLogps, (N, T-1)
-      -> reference completion log-probs (no grad), if the loss needs them
+      -> policy output for loss.model_output (with grad): completion log-probs, SequenceLogps (N, T-1),
+         or a scalar head's scores, SequenceScores (N,)
+      -> the reference's output (no grad), if the loss needs it
       -> loss(policy, reference) -> LossOutput(loss (B,), metrics)
       -> mean, backward, clip, step (accelerate handles accumulation, devices, mixed precision)
 
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from zoo.config import TrainerConfig
 from zoo.losses.base import PreferenceLoss
-from zoo.models import Reference, sequence_logps
+from zoo.models import MODEL_OUTPUTS, Reference
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -108,6 +109,7 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
         start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resuming from {checkpoint} at step {start_step}")
 
+    forward = MODEL_OUTPUTS[loss_fn.model_output]
     micro = cfg.grad_accum_steps * accelerator.num_processes
     sampler = StepBatches(len(rows), cfg.batch_size, seed, start_step * micro, cfg.max_steps * micro)
     loader = accelerator.prepare(DataLoader(rows, batch_sampler=sampler, collate_fn=collator))
@@ -122,12 +124,12 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
     for batch in loader:
         with accelerator.accumulate(policy):
             # --- forward: policy with grad, reference without ---
-            policy_logps = sequence_logps(policy, batch)
-            reference_logps = None
+            policy_out = forward(policy, batch)
+            reference_out = None
             if loss_fn.needs_reference:
                 with torch.no_grad(), reference.model(accelerator.unwrap_model(policy)) as ref_model:
-                    reference_logps = sequence_logps(ref_model, batch)
-            out = loss_fn(policy_logps, reference_logps)
+                    reference_out = forward(ref_model, batch)
+            out = loss_fn(policy_out, reference_out)
             loss = out.loss.mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")

@@ -1,8 +1,10 @@
 """Loss objects, one file per algorithm (see ``zoo.losses.base`` for the interface)."""
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps
+from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, SequenceScores
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ipo import IPOLoss
+from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 
-__all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "DPOLoss", "IPOLoss", "SFTLoss"]
+__all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
+           "SFTLoss"]

@@ -6,7 +6,9 @@ name:
 
 - ``batch_kind``: which collated batch it consumes (``"demonstrations"``, ``"pairs"``, ...; see
   ``zoo.data.collate.COLLATORS``);
-- ``needs_reference``: whether the trainer must run the frozen reference policy on the batch.
+- ``needs_reference``: whether the trainer must run the frozen reference policy on the batch;
+- ``model_output``: ``"logps"`` (a causal LM, completion log-probs) or ``"scores"`` (a scalar-head
+  reward model, one score per sequence).
 
 The trainer turns a batch into :class:`SequenceLogps` for the policy (with gradients) and, where
 asked, for the reference (without), and reduces ``LossOutput.loss`` (one value per example) with a
@@ -45,6 +47,13 @@ class SequenceLogps:
 
 
 @dataclass
+class SequenceScores:
+    """Scalar scores of N sequences from a reward-model head, read at each sequence's last non-pad token."""
+
+    scores: torch.Tensor  # (N,); paired batches: chosen rows first, then rejected
+
+
+@dataclass
 class LossOutput:
     """What every loss returns: per-example losses and detached metrics with TRL's names."""
 
@@ -53,12 +62,15 @@ class LossOutput:
 
 
 class PreferenceLoss(nn.Module):
-    """Base class: declares the batch kind and whether a reference forward pass is needed."""
+    """Base class: declares the batch kind, whether a reference forward pass is needed, and which
+    model output it consumes (``"logps"``: a causal LM's completion log-probs, ``SequenceLogps``;
+    ``"scores"``: a scalar-head model's sequence scores, ``SequenceScores``)."""
 
     batch_kind: ClassVar[str]
     needs_reference: ClassVar[bool]
+    model_output: ClassVar[str] = "logps"
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:  # pragma: no cover
+    def forward(self, policy, reference) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
 
 
