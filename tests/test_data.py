@@ -81,3 +81,16 @@ def test_spearman_matches_hand_ranks():
     assert spearman([0.1, 0.2, 0.3, 0.4], [10, 30, 20, 40]) == pytest.approx(0.8)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)
+
+
+def test_over_long_prompt_names_row_and_field():
+    from zoo.data.load import tokenize_rows
+    from zoo.models import load_tokenizer
+    from zoo.world import paths
+
+    tokenizer = load_tokenizer(str(paths.MODEL))
+    rows = [GOOD, {"prompt": "The plot was " * 30, "chosen": " great.", "rejected": " awful."}]
+    with pytest.raises(DataError, match=r"prefs.jsonl: row 1: field 'prompt' is \d+ tokens.*data.max_length=16"):
+        tokenize_rows(rows, "pairs", tokenizer, "prefs.jsonl", max_length=16)
+    kept, skipped = tokenize_rows(rows, "pairs", tokenizer, "prefs.jsonl", max_length=16, skip_bad_rows=True)
+    assert (len(kept), skipped) == (1, 1)

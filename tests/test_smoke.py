@@ -112,6 +112,25 @@ def test_bad_dataset_fails_with_one_paragraph(cache, tmp_path):
     assert metrics["status"] == "failed" and "row 1" in metrics["error"]
 
 
+def test_a_failed_run_does_not_stop_the_sweep(cache, tmp_path):
+    """beta=-1 is a bad config value: that run fails with its error recorded, the other finishes, exit 1."""
+    proc = zoo("train", "-m", "algo=dpo", "algo.loss.beta=0.1,-1", "experiment=smoke", "eval.num_prompts=4",
+               f"hydra.sweep.dir={tmp_path}", cache=cache, check=False)
+    stderr = " ".join(proc.stderr.split())  # the one-paragraph error is wrapped at 100 columns
+    assert proc.returncode == 1 and "algo.loss.beta must be > 0" in stderr and "Traceback" not in stderr
+    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.rglob("metrics.json"))
+    assert statuses == ["failed", "finished"]
+
+
+def test_4bit_without_a_gpu_fails_clearly(cache, tmp_path):
+    proc = zoo("train", "quant=4bit", "peft=lora", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache,
+               check=False)
+    if proc.returncode == 0:  # a CUDA machine runs it; the message is for CPU-only machines
+        pytest.skip("a CUDA GPU is present: 4-bit loading is available")
+    stderr = " ".join(proc.stderr.split())
+    assert "needs a CUDA GPU" in stderr and "quant=none" in stderr
+
+
 def test_mistyped_key_fails_at_compose_time(cache, tmp_path):
     proc = zoo("train", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}", cache=cache, check=False)
     assert proc.returncode != 0 and "max_stepz" in proc.stderr
