@@ -89,10 +89,9 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
         metrics["gold_reward"] = mean_ci(policy_rewards)
         metrics["ref_gold_reward"] = mean_ci(ref_rewards)
         metrics["win_rate_vs_ref"] = win_rate(policy_rewards, ref_rewards)
-    if fluency_fn is not None:
-        texts = [p + c for p, c in zip(prompts, policy_samples.texts)] if isinstance(prompts[0], str) else None
-        metrics["fluency"] = sum(fluency_fn(texts)) / len(texts)
-        metrics["ref_fluency"] = sum(fluency_fn([p + c for p, c in zip(prompts, reference_samples.texts)])) / len(texts)
+    if fluency_fn is not None:  # the world's grammar check reads prompt + completion (string prompts)
+        for key, texts in (("fluency", policy_samples.texts), ("ref_fluency", reference_samples.texts)):
+            metrics[key] = sum(fluency_fn([p + c for p, c in zip(prompts, texts)])) / len(prompts)
     else:  # no grammar to check: mean per-token log-likelihood of the policy's samples under the reference
         metrics["fluency"] = (ref_logps.sum() / lengths.sum().clamp(min=1)).item()
 

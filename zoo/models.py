@@ -9,7 +9,6 @@ it is a separate frozen copy.
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 from torch import nn
@@ -97,15 +96,6 @@ class Reference:
         self.separate = separate
         if separate is not None:
             separate.eval().requires_grad_(False)
-
-    @classmethod
-    def for_policy(cls, policy: nn.Module) -> "Reference":
-        """Adapters-disabled view under LoRA, else a frozen deep copy taken before training."""
-        from peft import PeftModel
-
-        if isinstance(policy, PeftModel):
-            return cls(policy, None)
-        return cls(policy, copy.deepcopy(policy))
 
     @contextlib.contextmanager
     def model(self, unwrapped_policy: nn.Module | None = None):

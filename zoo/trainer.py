@@ -18,7 +18,6 @@ restarted in the same directory resumes from the newest one.
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
