@@ -108,10 +108,19 @@ class PreferenceStageConfig:
 
 
 @dataclass
+class RewardStageConfig:
+    max_steps: int = 250
+    learning_rate: float = 5e-4  # 1e-4 left the world RM at 0.665 accuracy vs gold; 5e-4 gave 0.73-0.80
+    batch_size: int = 16
+    center_coef: float = 0.01  # reward centering (Eisenstein et al. 2023)
+
+
+@dataclass
 class StagesConfig:
     cache_dir: str = "${oc.env:ZOO_CACHE,outputs/cache}"  # cached pipeline stages (SFT, preference data)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     preferences: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
+    reward: RewardStageConfig = field(default_factory=RewardStageConfig)  # the RM that PPO / RLAIF reuse
 
 
 @dataclass

@@ -3,6 +3,8 @@
 - ``sft_stage``: SFT of the base model on the demonstrations -> the reference policy.
 - ``preference_stage``: two samples per prompt from the reference, labelled by the feedback source
   -> a paired preference dataset (``prompt``, ``chosen``, ``rejected`` + gold rewards) in JSONL.
+- ``reward_stage``: a Bradley-Terry reward model on those pairs (10% held out for its accuracy),
+  initialised from the reference -> the frozen RM that PPO and RLAIF score rollouts with.
 
 A stage's cache key is a hash of everything it depends on (its inputs' keys, its config section,
 the data files' contents), so a sweep of many runs builds each stage once, and changing anything
@@ -23,10 +25,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.data.collate import DemonstrationCollator
+from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import load_rows, read_rows, tokenize_rows
+from zoo.evaluate import evaluate_reward_model
+from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
-from zoo.models import load_causal_lm, load_tokenizer
+from zoo.models import load_causal_lm, load_reward_model, load_tokenizer
 from zoo.rollout import sample
 from zoo.trainer import fit
 
@@ -75,6 +79,18 @@ def cached_stage(cache_dir: str, name: str, key: str, build) -> Path:
     return final
 
 
+def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn, tokens: list[dict], collator,
+                  out: Path, desc: str) -> dict:
+    """Train a stage's model with the stage's step count, lr and batch size; save it to ``out/model``."""
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {
+        "max_steps": stage.max_steps, "learning_rate": stage.learning_rate, "batch_size": stage.batch_size,
+        "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20})
+    result = fit(model, loss_fn, tokens, collator, trainer_cfg, out / "train", seed=0, desc=desc)
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    return {"steps": result.steps, "train_seconds": round(result.train_seconds, 2), "final": result.last_log}
+
+
 def sft_key(cfg: DictConfig, demonstrations: Path) -> str:
     return cache_key("sft", cfg.model.name_or_path, file_digest(cfg.model.name_or_path) if Path(
         cfg.model.name_or_path).is_dir() else None, file_digest(demonstrations), OmegaConf.to_container(
@@ -92,14 +108,8 @@ def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
         if stage.num_rows:
             rows = rows[: stage.num_rows]
         tokens, _ = tokenize_rows(rows, "demonstrations", tokenizer, str(demonstrations), cfg.data.max_length)
-        trainer_cfg = OmegaConf.merge(cfg.trainer, {
-            "max_steps": stage.max_steps, "learning_rate": stage.learning_rate, "batch_size": stage.batch_size,
-            "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20})
-        result = fit(model, SFTLoss(), tokens, DemonstrationCollator(tokenizer.pad_token_id, cfg.data.max_length),
-                     trainer_cfg, out / "train", seed=0, desc="stage: sft")
-        model.save_pretrained(out / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out / "model")
-        return {"steps": result.steps, "train_seconds": round(result.train_seconds, 2), "final": result.last_log}
+        collator = DemonstrationCollator(tokenizer.pad_token_id, cfg.data.max_length)
+        return _fit_and_save(cfg, stage, model, tokenizer, SFTLoss(), tokens, collator, out, "stage: sft")
 
     return cached_stage(cfg.stages.cache_dir, "sft", sft_key(cfg, demonstrations), build) / "model"
 
@@ -142,3 +152,29 @@ def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) 
                 "identical_dropped": identical}
 
     return cached_stage(cfg.stages.cache_dir, "preferences", key, build) / "pairs.jsonl"
+
+
+def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Path:
+    """The cached Bradley-Terry reward model trained on ``pairs_path``, initialised from the reference."""
+    stage = cfg.stages.reward
+    key = cache_key("reward", str(reference_path), file_digest(reference_path), file_digest(pairs_path),
+                    OmegaConf.to_container(stage), cfg.data.max_length)
+
+    def build(out: Path) -> dict:
+        tokenizer = load_tokenizer(str(reference_path))
+        model = load_reward_model(str(reference_path), tokenizer.pad_token_id)
+        rows, _ = load_rows("pairs", str(pairs_path), read_rows(pairs_path))
+        held = max(1, len(rows) // 10)  # the last 10% of pairs measure the RM, never train it
+        train_rows, eval_rows = rows[:-held], rows[-held:]
+        tokens, _ = tokenize_rows(train_rows, "pairs", tokenizer, str(pairs_path), cfg.data.max_length)
+        collator = PairCollator(tokenizer.pad_token_id, cfg.data.max_length)
+        info = _fit_and_save(cfg, stage, model, tokenizer, BradleyTerryLoss(center_coef=stage.center_coef), tokens,
+                             collator, out, "stage: reward model")
+        eval_tokens, _ = tokenize_rows(eval_rows, "pairs", tokenizer, str(pairs_path), cfg.data.max_length,
+                                       skip_bad_rows=True)
+        metrics, _ = evaluate_reward_model(model, eval_rows, eval_tokens, collator, batch_size=64)
+        print(f"[zoo] reward stage: held-out accuracy vs labels {metrics['rm_accuracy_vs_labels']:.3f}"
+              + (f", vs gold {metrics['rm_accuracy_vs_gold']:.3f}" if "rm_accuracy_vs_gold" in metrics else ""))
+        return {**info, **metrics}
+
+    return cached_stage(cfg.stages.cache_dir, "reward", key, build) / "model"
