@@ -94,3 +94,19 @@ def test_over_long_prompt_names_row_and_field():
         tokenize_rows(rows, "pairs", tokenizer, "prefs.jsonl", max_length=16)
     kept, skipped = tokenize_rows(rows, "pairs", tokenizer, "prefs.jsonl", max_length=16, skip_bad_rows=True)
     assert (len(kept), skipped) == (1, 1)
+
+
+def test_reward_eval_keeps_rows_aligned_when_a_pair_is_skipped():
+    """A held-out pair whose prompt fills max_length is left out, and the rest keep their own gold labels."""
+    from zoo.evaluate import evaluate_reward_model
+    from zoo.models import load_reward_model, load_tokenizer
+    from zoo.world import paths
+
+    tokenizer = load_tokenizer(str(paths.MODEL))
+    model = load_reward_model(str(paths.MODEL), tokenizer.pad_token_id)
+    long = {"prompt": "The plot was " * 30, "chosen": " x.", "rejected": " y.", "chosen_gold": 9.0, "rejected_gold": 0.0}
+    pairs = [{**GOOD, "chosen_gold": 0.5, "rejected_gold": -0.5}, long,
+             {**GOOD, "chosen_gold": 0.2, "rejected_gold": -0.1}]
+    metrics, rows = evaluate_reward_model(model, tokenizer, pairs, max_length=16, batch_size=2)
+    assert metrics["num_eval_pairs"] == 2 and [r["chosen_gold"] for r in rows] == [0.5, 0.2]
+    assert metrics["labels_accuracy_vs_gold"] == 1.0

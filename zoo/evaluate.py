@@ -123,12 +123,18 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate_reward_model(model, pairs: list[dict], tokens: list[dict], collator, batch_size: int) -> tuple[dict, list[dict]]:
+def evaluate_reward_model(model, tokenizer, pairs: list[dict], max_length: int | None, batch_size: int,
+                          source: str = "held-out pairs") -> tuple[dict, list[dict]]:
     """Held-out pairwise accuracy of a reward model vs the raters' labels and vs gold, and rank
-    correlation of its scores with gold. ``pairs`` are the rows (with ``chosen_gold`` /
-    ``rejected_gold`` when the data has gold), ``tokens`` their tokenized form."""
+    correlation of its scores with gold. ``pairs`` are validated rows (with ``chosen_gold`` /
+    ``rejected_gold`` when the data has gold); pairs whose prompt fills ``max_length`` are left out."""
+    from zoo.data.collate import PairCollator
+    from zoo.data.load import tokenize_rows
     from zoo.models import sequence_scores
 
+    tokens, _ = tokenize_rows(pairs, "pairs", tokenizer, source, max_length, skip_bad_rows=True)
+    pairs = [pairs[t["row"]] for t in tokens]  # keep rows and scores aligned if any pair was skipped
+    collator = PairCollator(tokenizer.pad_token_id, max_length)
     model.eval()
     device = next(model.parameters()).device
     chosen, rejected = [], []

@@ -106,8 +106,7 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: 
 
 def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list, collator) -> tuple[dict, list]:
     """Held-out pairwise accuracy (vs labels and gold) and rank correlation with gold of a reward model."""
-    tokens, _ = tokenize_rows(pairs, "pairs", tokenizer, "held-out pairs", cfg.data.max_length, skip_bad_rows=True)
-    return evaluate_reward_model(model, pairs, tokens, collator, cfg.eval.batch_size)
+    return evaluate_reward_model(model, tokenizer, pairs, cfg.data.max_length, cfg.eval.batch_size)
 
 
 # Keyed by the loss's ``model_output`` declaration: how to build the trained model, whether evaluation

@@ -170,9 +170,7 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Pat
         collator = PairCollator(tokenizer.pad_token_id, cfg.data.max_length)
         info = _fit_and_save(cfg, stage, model, tokenizer, BradleyTerryLoss(center_coef=stage.center_coef), tokens,
                              collator, out, "stage: reward model")
-        eval_tokens, _ = tokenize_rows(eval_rows, "pairs", tokenizer, str(pairs_path), cfg.data.max_length,
-                                       skip_bad_rows=True)
-        metrics, _ = evaluate_reward_model(model, eval_rows, eval_tokens, collator, batch_size=64)
+        metrics, _ = evaluate_reward_model(model, tokenizer, eval_rows, cfg.data.max_length, 64, str(pairs_path))
         print(f"[zoo] reward stage: held-out accuracy vs labels {metrics['rm_accuracy_vs_labels']:.3f}"
               + (f", vs gold {metrics['rm_accuracy_vs_gold']:.3f}" if "rm_accuracy_vs_gold" in metrics else ""))
         return {**info, **metrics}

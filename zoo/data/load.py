@@ -83,15 +83,16 @@ def load_rows(kind: str, source: str, rows: list[dict], skip_bad_rows: bool = Fa
 
 def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_length: int | None,
                   skip_bad_rows: bool = False) -> tuple[list[dict], int]:
-    """Token ids per row; a prompt that fills ``max_length`` leaves nothing to learn and is an error."""
+    """Token ids per row (with ``row``, its index in ``rows``, so skipped rows stay traceable); a prompt
+    that fills ``max_length`` leaves nothing to learn and is an error (or skipped and counted)."""
     out, skipped = [], 0
     for i, row in enumerate(rows):
         if kind == "pairs":
             prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
-            item = {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+            item = {"row": i, "prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
         else:
             prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
-            item = {"prompt_ids": prompt_ids, "completion_ids": completion_ids}
+            item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}
         if max_length is not None and len(prompt_ids) >= max_length:
             if skip_bad_rows:
                 skipped += 1
