@@ -10,7 +10,7 @@ from zoo.data.collate import PairCollator
 from zoo.data.load import tokenize_rows
 from zoo.losses import DPOLoss
 from zoo.models import Reference, load_causal_lm, load_tokenizer
-from zoo.trainer import fit
+from zoo.trainer import DatasetBatches, fit
 from zoo.world import paths
 
 ROWS = [{"prompt": "The plot was", "chosen": f" great {i}.", "rejected": f" awful {i}."} for i in range(12)]
@@ -35,7 +35,7 @@ def run(run_dir, loss_fn, max_steps=4):
     tokens, _ = tokenize_rows(ROWS, "pairs", tokenizer, "test", 64)
     policy = load_causal_lm(str(paths.MODEL))
     cfg = TrainerConfig(max_steps=max_steps, learning_rate=1e-3, batch_size=4, warmup_steps=1, log_every=1, save_every=2)
-    fit(policy, loss_fn, tokens, PairCollator(tokenizer.pad_token_id, 64), cfg, run_dir, seed=0,
+    fit(policy, loss_fn, DatasetBatches(tokens, PairCollator(tokenizer.pad_token_id, 64), 4), cfg, run_dir, seed=0,
         reference=Reference(policy, load_causal_lm(str(paths.MODEL))))
     return policy
 

@@ -19,7 +19,7 @@ from zoo.data.collate import PairCollator
 from zoo.data.load import tokenize_rows
 from zoo.losses import DPOLoss, IPOLoss
 from zoo.models import Reference, load_causal_lm, load_tokenizer
-from zoo.trainer import fit
+from zoo.trainer import DatasetBatches, fit
 from zoo.world import paths
 
 ROWS = [
@@ -50,7 +50,8 @@ def zoo_first_step(loss_fn, tmp_path) -> dict:
     cfg = TrainerConfig(max_steps=1, learning_rate=0.0, batch_size=len(ROWS), warmup_steps=1, log_every=1, save_every=0)
     policy = perturbed_policy()
     reference = Reference(policy, load_causal_lm(str(paths.MODEL)))
-    fit(policy, loss_fn, tokens, PairCollator(tokenizer.pad_token_id, 128), cfg, tmp_path / "zoo", reference=reference)
+    fit(policy, loss_fn, DatasetBatches(tokens, PairCollator(tokenizer.pad_token_id, 128), len(ROWS)), cfg, tmp_path / "zoo",
+        reference=reference)
     return json.loads((tmp_path / "zoo" / "log.jsonl").read_text().splitlines()[0])
 
 

@@ -18,10 +18,25 @@ WORLD_ASSETS = Path(__file__).parent / "world" / "assets"
 
 
 @dataclass
+class RolloutConfig:
+    """How an online algorithm (PPO) samples and reuses its experience."""
+
+    max_new_tokens: int = 48  # the eval's length, so the policy is trained on what it is judged on
+    temperature: float = 1.0  # log-probs (old, new, reference) are all taken at this temperature
+    num_minibatches: int = 4  # rollout batch = trainer.batch_size * trainer.grad_accum_steps * num_minibatches
+    ppo_epochs: int = 4  # optimisation passes over each rollout batch
+    forward_batch_size: int = 64  # sequences per no-grad forward pass when scoring a rollout
+
+
+@dataclass
 class AlgoConfig:
     name: str = MISSING  # label used in run names and the report
     loss: Any = MISSING  # {_target_: zoo.losses.X, **constructor arguments}
     init: str = "reference"  # where the policy starts: "reference" (the SFT policy) or "base" (model.name_or_path)
+    # online algorithms (PPO) only:
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward_model: str | None = None  # a trained RM dir (full model or LoRA adapter); null: the cached reward stage
+    value_init: str = "reward"  # the value model's trunk: "reward" (the RM, Huang et al.) or "reference" (SFT)
 
 
 @dataclass

@@ -9,6 +9,7 @@ it is a separate frozen copy.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -135,5 +136,168 @@ def sequence_scores(model: nn.Module, batch: dict) -> SequenceScores:
     return SequenceScores(scores=logits.squeeze(-1).float())
 
 
+# ---------------------------------------------------------------------------------------------
+# Scalar heads on a causal LM's trunk: PPO's value model and a reward model kept as a LoRA adapter
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def active_adapter(peft_model: nn.Module, name: str):
+    """Run a block with LoRA adapter ``name`` active, then restore the previous adapter.
+
+    peft's ``set_adapter`` also flips ``requires_grad`` (only the active adapter trainable); PPO trains
+    two adapters of one model in one backward pass, so the flags are saved and put back.
+    """
+    previous = peft_model.active_adapter
+    if previous == name:
+        yield peft_model
+        return
+    flags = {p: p.requires_grad for p in peft_model.parameters()}
+    peft_model.set_adapter(name)
+    try:
+        yield peft_model
+    finally:
+        peft_model.set_adapter(previous)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def trunk_of(causal_lm: nn.Module) -> nn.Module:
+    """The transformer body (hidden states, no LM head) of a causal LM, through a peft wrapper if any."""
+    model = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
+    return model.base_model  # transformers: getattr(model, model.base_model_prefix), e.g. LlamaModel
+
+
+class ScalarHead(nn.Module):
+    """A scalar per position on top of a transformer trunk: PPO's value model, or a reward model.
+
+    The trunk is either its own module (a separate model) or, with ``shared`` set to a peft model,
+    that model's trunk run with LoRA adapter ``adapter`` active: several heads then share one frozen
+    base. The shared trunk is kept outside this module's parameters (it belongs to the policy), so it
+    is trained, saved and checkpointed once.
+    """
+
+    def __init__(self, trunk: nn.Module | None, hidden_size: int, shared: nn.Module | None = None,
+                 adapter: str | None = None, bias: bool = True):
+        super().__init__()
+        if (trunk is None) == (shared is None):
+            raise ValueError("ScalarHead needs exactly one of trunk= (own model) or shared= (a peft model)")
+        self.trunk = trunk
+        self._shared = (shared,)  # a tuple: not registered as a submodule
+        self.adapter = adapter
+        self.head = nn.Linear(hidden_size, 1, bias=bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, T) one scalar per position, read from the final hidden state."""
+        shared = self._shared[0]
+        if shared is None:
+            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        else:
+            with active_adapter(shared, self.adapter):
+                hidden = trunk_of(shared)(input_ids=input_ids, attention_mask=attention_mask,
+                                          use_cache=False).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N,) the scalar at each row's last non-pad token (right padding), as a reward model reads it."""
+        last = attention_mask.sum(dim=1).long() - 1  # (N,)
+        return self(input_ids, attention_mask).gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+def value_model(init_path: str, hidden_size: int, dtype: str = "float32", trust_remote_code: bool = False,
+                shared: nn.Module | None = None) -> ScalarHead:
+    """PPO's value model: the trunk of ``init_path`` (the RM or the SFT policy) or an adapter
+    ``"value"`` on ``shared``, with a new head initialised at zero (V = 0 everywhere at the start, so
+    the first advantages are the rewards-to-go themselves, not a random head's noise)."""
+    from transformers import AutoModel
+
+    trunk = None
+    if shared is None:
+        trunk = AutoModel.from_pretrained(init_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                          use_safetensors=True)
+        disable_dropout(trunk)
+    value = ScalarHead(trunk, hidden_size, shared=shared, adapter="value" if shared is not None else None)
+    nn.init.zeros_(value.head.weight)
+    nn.init.zeros_(value.head.bias)
+    return value
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a saved peft adapter (a LoRA reward model), False for a full model."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def add_adapter_from(peft_model: nn.Module, adapter_dir: str | Path, name: str, trainable: bool) -> dict:
+    """Load the LoRA weights saved in ``adapter_dir`` (e.g. a SEQ_CLS reward model trained on the same
+    base) into ``peft_model`` as adapter ``name``; returns the saved tensors that are not LoRA weights
+    (a classification head), keyed by their module path (``score.weight``)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = LoraConfig.from_pretrained(str(adapter_dir))
+    config = LoraConfig(r=saved.r, lora_alpha=saved.lora_alpha, lora_dropout=saved.lora_dropout,
+                        target_modules=saved.target_modules, task_type="CAUSAL_LM")
+    state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    rest = {k.removeprefix("base_model.model."): v for k, v in state.items() if "lora_" not in k}
+    peft_model.add_adapter(name, config)
+    result = set_peft_model_state_dict(peft_model, lora, adapter_name=name)
+    missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{adapter_dir}: adapter does not fit this model (missing {missing[:3]}, "
+                         f"unexpected {list(result.unexpected_keys)[:3]})")
+    for param_name, param in peft_model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(trainable)
+    return rest
+
+
+def adapter_reward_model(peft_model: nn.Module, adapter_dir: str | Path, hidden_size: int) -> ScalarHead:
+    """A LoRA reward model (trained with ``peft=lora`` on the reference) as adapter ``"reward"`` of
+    ``peft_model`` plus its head: the RM costs no second copy of the base."""
+    rest = add_adapter_from(peft_model, adapter_dir, "reward", trainable=False)
+    heads = [k for k in rest if k.endswith(".weight") and rest[k].shape[0] == 1]
+    if len(heads) != 1:
+        raise ValueError(f"{adapter_dir}: expected one scalar head in the adapter, found {sorted(rest)}")
+    reward = ScalarHead(None, hidden_size, shared=peft_model, adapter="reward", bias=False)
+    reward.head.weight.data.copy_(rest[heads[0]])
+    reward.requires_grad_(False)
+    return reward
+
+
+class ActorCritic(nn.Module):
+    """PPO's trained pair: the policy (a causal LM) and the value model, one optimizer for both.
+
+    ``forward`` returns (token log-probs at ``temperature`` (N, T-1), values (N, T-1)); column t is about
+    token t+1, so the value is the one of the state the token was sampled in.
+    """
+
+    def __init__(self, policy: nn.Module, value: ScalarHead):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+        if hasattr(self.policy, "peft_config"):  # the value / reward adapters may share this model
+            with active_adapter(self.policy, "default"):
+                logps = token_logps(self.policy, input_ids, attention_mask, temperature)
+        else:
+            logps = token_logps(self.policy, input_ids, attention_mask, temperature)
+        values = self.value(input_ids, attention_mask)[:, :-1]
+        return logps, values
+
+
+def policy_value_outputs(model: nn.Module, batch: dict):
+    """A rollout minibatch (see ``zoo.rollout.Experience``) -> ``PolicyValueOutput`` for ``PPOLoss``."""
+    from zoo.losses.ppo import PolicyValueOutput
+
+    mask = batch["completion_mask"][:, 1:].to(torch.float32)  # (N, T-1) response tokens
+    logps, values = model(batch["input_ids"], batch["attention_mask"], batch["temperature"])
+    return PolicyValueOutput(
+        policy=SequenceLogps(token_logps=logps * mask, completion_mask=mask), values=values * mask,
+        old_logps=batch["old_logps"], old_values=batch["old_values"], ref_logps=batch["ref_logps"],
+        advantages=batch["advantages"], returns=batch["returns"], kl_coef=batch["kl_coef"])
+
+
 # What each loss's ``model_output`` declaration asks the trainer to compute.
-MODEL_OUTPUTS = {"logps": sequence_logps, "scores": sequence_scores}
+MODEL_OUTPUTS = {"logps": sequence_logps, "scores": sequence_scores, "policy_values": policy_value_outputs}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from zoo.config import RolloutConfig
 from zoo.data.tokenize import tokenize_prompt
 
 
@@ -58,3 +59,168 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
     model.train(was_training)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     return Samples(list(prompts), all_prompt_ids, completions, texts, ended)
+
+
+# ---------------------------------------------------------------------------------------------
+# Online experience for PPO: rollouts from the policy being trained, scored, turned into targets
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardScorer:
+    """Scores (prompt, completion) texts with a scalar model, through its own tokenizer (feedback reads
+    text, not the policy's token ids). ``score_fn(input_ids, attention_mask) -> (N,)``."""
+
+    def __init__(self, score_fn, tokenizer, max_length: int | None, batch_size: int = 64):
+        self.score_fn, self.tokenizer, self.max_length, self.batch_size = score_fn, tokenizer, max_length, batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list[str], device) -> torch.Tensor:
+        from zoo.data.collate import DemonstrationCollator
+        from zoo.data.tokenize import tokenize_completion
+
+        # the RM was trained on prompt + completion + EOS (TRL's tokenization), so it is scored the same way
+        rows = [dict(zip(("prompt_ids", "completion_ids"), tokenize_completion(self.tokenizer, p, c)))
+                for p, c in zip(prompts, completions)]
+        collate = DemonstrationCollator(self.tokenizer.pad_token_id, self.max_length)
+        scores = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = collate(rows[start:start + self.batch_size])
+            scores.append(self.score_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+        return torch.cat(scores)
+
+
+class Experience:
+    """PPO's batch source for ``fit``: per rollout batch,
+
+    1. take the next ``rollout_size`` prompts (a seeded shuffle, resumable like ``StepBatches``),
+    2. sample one completion each from the current policy (stop at EOS, cut after it),
+    3. score: old log-probs, reference log-probs (both at the sampling temperature), values, RM scores,
+       and the world's gold reward of the same texts when given (``objective/gold``: proxy vs gold),
+    4. rewards and GAE advantages through the loss (``PPOLoss.shape_rewards`` / ``advantages``),
+    5. yield ``ppo_epochs`` shuffled passes of minibatches (each split into ``grad_accum`` micro-batches).
+
+    The KL controller and the RM-score normalisation live here and are checkpointed (``state_dict``).
+    """
+
+    def __init__(self, loss_fn, policy, value, reference, scorer: RewardScorer, tokenizer, prompts: list,
+                 settings: RolloutConfig, batch_size: int, grad_accum_steps: int, seed: int,
+                 max_length: int | None = None, gold_fn=None):
+        self.loss_fn, self.policy, self.value, self.reference = loss_fn, policy, value, reference
+        self.scorer, self.tokenizer, self.prompts, self.settings = scorer, tokenizer, prompts, settings
+        self.micro_batch, self.grad_accum, self.seed = batch_size, grad_accum_steps, seed
+        self.max_length, self.gold_fn = max_length, gold_fn
+        self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches
+        if self.rollout_size > len(prompts):
+            raise ValueError(f"a rollout batch needs {self.rollout_size} prompts (trainer.batch_size x "
+                             f"grad_accum_steps x algo.rollout.num_minibatches) but the data has {len(prompts)}")
+        self.steps_per_refresh = settings.ppo_epochs * settings.num_minibatches
+        self.kl_controller = loss_fn.kl_controller()
+        self.score_mean: float | None = None  # RM-score normalisation, fixed on the first rollout
+        self.score_std: float | None = None
+
+    # --- checkpointed state (accelerate ``register_for_checkpointing``) ---
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_controller.value, "score_mean": self.score_mean, "score_std": self.score_std}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_controller.value = state["kl_coef"]
+        self.score_mean, self.score_std = state["score_mean"], state["score_std"]
+
+    # --- the batch source ---
+
+    def batches(self, accelerator, model, start: int, end: int):
+        """Micro-batches ``start..end``; ``start`` falls on a rollout boundary (fit checkpoints there)."""
+        per_rollout = self.steps_per_refresh * self.grad_accum * accelerator.num_processes
+        if start % per_rollout:
+            raise ValueError(f"cannot resume PPO mid-rollout (micro-batch {start} of {per_rollout} per rollout)")
+        return self._generate(accelerator.device, start // per_rollout, start, end)
+
+    def _generate(self, device, first_rollout: int, start: int, end: int):
+        from zoo.trainer import StepBatches
+
+        num_rollouts = -(-(end - start) // (self.steps_per_refresh * self.grad_accum))
+        order = StepBatches(len(self.prompts), self.rollout_size, self.seed, first_rollout,
+                            first_rollout + num_rollouts)
+        left = end - start
+        for index, prompt_ids in zip(range(first_rollout, first_rollout + num_rollouts), order):
+            rollout, metrics = self.rollout([self.prompts[i] for i in prompt_ids], index, device)
+            for micro in self.minibatches(rollout, index, metrics["objective/kl_coef"]):
+                if left == 0:
+                    return
+                left -= 1
+                yield {**micro, "metrics": metrics}
+
+    @torch.no_grad()
+    def rollout(self, prompts: list, index: int, device) -> tuple[dict, dict[str, float]]:
+        """Sample and score one rollout batch; returns its tensors (N, ...) and its metrics."""
+        from zoo.data.collate import DemonstrationCollator
+        from zoo.models import sequence_logps
+
+        s = self.settings
+        samples = sample(self.policy, self.tokenizer, prompts, s.max_new_tokens, s.temperature,
+                         batch_size=len(prompts), seed=self.seed * 1_000_003 + index)
+        rows = [{"prompt_ids": p, "completion_ids": c} for p, c in zip(samples.prompt_ids, samples.completion_ids)]
+        seqs = DemonstrationCollator(self.tokenizer.pad_token_id, self.max_length)(rows)
+        seqs = {k: v.to(device) for k, v in seqs.items()}  # (N, T) right-padded prompt + completion
+        mask = seqs["completion_mask"][:, 1:].float()  # (N, T-1) response tokens
+
+        # old log-probs, reference log-probs and values, in chunks (no grad)
+        old, ref, values = [], [], []
+        self.policy.eval()
+        for lo in range(0, len(rows), s.forward_batch_size):
+            chunk = {k: v[lo:lo + s.forward_batch_size] for k, v in seqs.items()}
+            old.append(sequence_logps(self.policy, chunk, s.temperature).token_logps)
+            with self.reference.model(self.policy) as ref_model:
+                ref.append(sequence_logps(ref_model, chunk, s.temperature).token_logps)
+            values.append(self.value(chunk["input_ids"], chunk["attention_mask"])[:, :-1])
+        self.policy.train()
+        old_logps, ref_logps, old_values = torch.cat(old), torch.cat(ref), torch.cat(values).float() * mask
+
+        # scores: the RM on the texts, normalised on the first rollout (the initial policy's samples)
+        raw = self.scorer(prompts, samples.texts, device)  # (N,)
+        if self.loss_fn.normalize_scores and self.score_mean is None:
+            self.score_mean, self.score_std = raw.mean().item(), raw.std().clamp(min=1e-6).item()
+        scores = (raw - self.score_mean) / self.score_std if self.loss_fn.normalize_scores else raw
+        ended = torch.tensor(samples.ended, device=device)
+        kl_coef = self.kl_controller.value
+        rewards, kl = self.loss_fn.shape_rewards(scores, ended, old_logps, ref_logps, mask, kl_coef)
+        advantages, returns = self.loss_fn.advantages(rewards, old_values, mask)
+
+        from zoo.losses.ppo_math import explained_variance
+
+        seq_kl = (old_logps - ref_logps).mul(mask).sum(1)  # (N,) k1 per sequence, TRL's objective/kl
+        metrics = {
+            "objective/kl": seq_kl.mean().item(),
+            "objective/entropy": (-old_logps * mask).sum(1).mean().item(),  # sampled-token estimate, as TRL
+            "objective/scores": raw.mean().item(),
+            "objective/non_score_reward": (-kl_coef * kl).sum(1).mean().item() if self.loss_fn.kl_penalty == "reward"
+            else 0.0,
+            "objective/rlhf_reward": rewards.sum(1).mean().item(),
+            "objective/kl_coef": kl_coef,
+            "val/explained_variance_rollout": explained_variance(old_values, returns, mask).item(),
+            "rollout/length": mask.sum(1).mean().item(),
+            "rollout/eos_rate": ended.float().mean().item(),
+        }
+        if self.gold_fn is not None:
+            metrics["objective/gold"] = sum(self.gold_fn(samples.texts)) / len(prompts)
+        self.kl_controller.update(metrics["objective/kl"], len(prompts))
+        rollout = {**seqs, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask, "old_values": old_values,
+                   "advantages": advantages, "returns": returns}
+        return rollout, metrics
+
+    def minibatches(self, rollout: dict, index: int, kl_coef: float):
+        """``ppo_epochs`` seeded shuffles of the rollout, cut into micro-batches of ``batch_size`` rows."""
+        import random
+
+        n = rollout["input_ids"].shape[0]
+        for epoch in range(self.settings.ppo_epochs):
+            order = list(range(n))
+            random.Random(f"{self.seed}-{index}-{epoch}").shuffle(order)
+            for lo in range(0, n - self.micro_batch + 1, self.micro_batch):
+                rows = torch.tensor(order[lo:lo + self.micro_batch])
+                micro = {k: v[rows] for k, v in rollout.items()}
+                width = int(micro["attention_mask"].sum(1).max())  # trim padding shared by the whole micro-batch
+                micro = {k: v[:, :width] if k in ("input_ids", "attention_mask", "completion_mask")
+                         else v[:, :width - 1] for k, v in micro.items()}
+                yield {**micro, "temperature": self.settings.temperature, "kl_coef": kl_coef}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 import resource
 import time
 import traceback
@@ -17,14 +19,18 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from peft import LoraConfig
 
 from zoo import stages
 from zoo.data.collate import COLLATORS
 from zoo.data.load import load_rows, read_hub, read_rows, tokenize_rows
 from zoo.data.schema import DataError
 from zoo.evaluate import evaluate, evaluate_reward_model
-from zoo.models import Reference, apply_lora, load_causal_lm, load_reward_model, load_tokenizer
-from zoo.trainer import fit
+from zoo.losses.base import PreferenceLoss
+from zoo.models import (ActorCritic, Reference, add_adapter_from, adapter_reward_model, apply_lora, is_adapter_dir,
+                        load_causal_lm, load_reward_model, load_tokenizer, value_model)
+from zoo.rollout import Experience, RewardScorer
+from zoo.trainer import DatasetBatches, fit
 
 
 def peak_memory_mb() -> tuple[float, str]:
@@ -47,7 +53,9 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: 
     Eval items are prompts (policies are evaluated by sampling), or, with ``eval_on_rows``, held-out
     training rows (reward models are evaluated on pairs they never saw)."""
     data = cfg.data
-    if kind == "pairs" and data.preference_stage:
+    if kind == "prompts" and data.prompts_path:
+        source = data.prompts_path
+    elif kind == "pairs" and data.preference_stage:
         source = str(stages.preference_stage(cfg, Path(reference_path), Path(data.prompts_path)))
     elif kind == "demonstrations" and data.demonstrations_path:
         source = data.demonstrations_path
@@ -68,9 +76,19 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: 
     return rows, eval_items[: cfg.eval.num_prompts], source, skipped
 
 
-def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer=None
-                 ) -> tuple[torch.nn.Module, Reference]:
-    """The trainable policy (LoRA-wrapped if asked) and its frozen reference."""
+@dataclass
+class Built:
+    """The models of a run: what ``fit`` trains, what is saved and evaluated, the frozen reference, and
+    for online losses the batch source that samples from the model being trained."""
+
+    model: torch.nn.Module
+    policy: torch.nn.Module
+    reference: Reference | None
+    online_source: Callable[[PreferenceLoss, list], object] | None = None  # (loss, prompts) -> batch source
+    info: dict = field(default_factory=dict)  # extra metrics for metrics.json
+
+
+def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
     m = cfg.model
     policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits)
     if cfg.peft.enabled:
@@ -81,7 +99,13 @@ def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer
     return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits))
 
 
-def build_reward_model(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> tuple[torch.nn.Module, None]:
+def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> Built:
+    """The trainable policy (LoRA-wrapped if asked) and its frozen reference."""
+    policy, reference = _policy_and_reference(cfg, init_path, reference_path)
+    return Built(policy, policy, reference)
+
+
+def build_reward_model(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> Built:
     """A scalar-head reward model initialised from ``init_path`` (the SFT policy by default), no reference."""
     m = cfg.model
     model = load_reward_model(init_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code, cfg.quant.bits)
@@ -89,10 +113,68 @@ def build_reward_model(cfg: DictConfig, init_path: str, reference_path: str, tok
         p = cfg.peft
         model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None,
                            task_type="SEQ_CLS")  # SEQ_CLS also trains the new head (modules_to_save)
-    return model, None
+    return Built(model, model, None)
 
 
-def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list, collator) -> tuple[dict, list]:
+def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> Built:
+    """PPO's models: policy + value (trained together), the frozen reference and the frozen reward model.
+
+    Without LoRA these are four models. With ``peft=lora`` there is one frozen base: the policy is
+    adapter ``default``, the value model adapter ``value`` (+ head), the reference the base with
+    adapters disabled, and a LoRA reward model (the reward stage trains one under ``peft=lora``)
+    adapter ``reward`` (+ head); a full reward model stays a separate frozen model.
+    """
+    m, algo = cfg.model, cfg.algo
+    reward_path = algo.reward_model or str(stages.reward_stage(cfg, Path(reference_path), Path(
+        stages.preference_stage(cfg, Path(reference_path), Path(cfg.data.prompts_path)))))
+    policy, reference = _policy_and_reference(cfg, init_path, reference_path)
+    hidden = policy.config.hidden_size
+    shared = policy if cfg.peft.enabled else None
+    if is_adapter_dir(reward_path):
+        if shared is None:
+            raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
+        reward = adapter_reward_model(policy, reward_path, hidden)
+        score_fn = reward.scores
+    else:
+        reward_lm = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
+        reward_lm.eval().requires_grad_(False)
+        score_fn = lambda ids, mask: reward_lm(input_ids=ids, attention_mask=mask).logits.squeeze(-1)  # noqa: E731
+        reward = reward_lm
+    if algo.value_init not in ("reward", "reference"):
+        raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
+    if shared is not None:
+        if algo.value_init == "reward" and is_adapter_dir(reward_path):
+            add_adapter_from(policy, reward_path, "value", trainable=True)  # the RM's adapter, new zero head
+        else:
+            p = cfg.peft
+            policy.add_adapter("value", LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                                                   target_modules=p.target_modules, task_type="CAUSAL_LM"))
+            for name, param in policy.named_parameters():
+                if ".value." in name:
+                    param.requires_grad_(True)
+    value = value_model(reward_path if algo.value_init == "reward" else reference_path, hidden, m.dtype,
+                        m.trust_remote_code, shared=shared)
+    model = ActorCritic(policy, value)
+    scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
+    scorer = RewardScorer(score_fn, scorer_tokenizer, cfg.data.max_length, algo.rollout.forward_batch_size)
+    gold_fn = None
+    if cfg.data.world_metrics:
+        from zoo.world.gold import gold_reward as gold_fn
+
+    def online_source(loss_fn: PreferenceLoss, prompts: list) -> Experience:
+        return Experience(loss_fn, policy, value, reference, scorer, tokenizer, prompts, algo.rollout,
+                          cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
+
+    info = {"reward_model": reward_path, "value_init": algo.value_init,
+            "reward_model_shares_base": shared is not None and is_adapter_dir(reward_path)}
+    stage_info = Path(reward_path).parent / "stage.json"
+    if stage_info.exists():
+        info["reward_model_stage"] = {k: v for k, v in json.loads(stage_info.read_text()).items() if k.startswith("rm_")}
+    del reward  # kept alive by score_fn / the shared model
+    return Built(model, policy, reference, online_source, info)
+
+
+def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list) -> tuple[dict, list]:
     """Sample the policy and its reference on held-out prompts; world runs also get gold reward and fluency."""
     reward_fn = fluency_fn = None
     if cfg.data.world_metrics:
@@ -104,16 +186,16 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: 
                     cfg.eval.batch_size, seed=10_000 + cfg.seed, reward_fn=reward_fn, fluency_fn=fluency_fn)
 
 
-def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list, collator) -> tuple[dict, list]:
+def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list) -> tuple[dict, list]:
     """Held-out pairwise accuracy (vs labels and gold) and rank correlation with gold of a reward model."""
     return evaluate_reward_model(model, tokenizer, pairs, cfg.data.max_length, cfg.eval.batch_size)
 
 
 # Keyed by the loss's ``model_output`` declaration: how to build the trained model, whether evaluation
 # uses held-out training rows, and how to evaluate it.
-BUILDERS = {"logps": build_policy, "scores": build_reward_model}
-EVAL_ON_ROWS = {"logps": False, "scores": True}
-EVALUATORS = {"logps": evaluate_policy_run, "scores": evaluate_reward_run}
+BUILDERS = {"logps": build_policy, "scores": build_reward_model, "policy_values": build_actor_critic}
+EVAL_ON_ROWS = {"logps": False, "scores": True, "policy_values": False}
+EVALUATORS = {"logps": evaluate_policy_run, "scores": evaluate_reward_run, "policy_values": evaluate_policy_run}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -151,31 +233,38 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # --- models and tokenized data ---
     tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
-    policy, reference = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
+    built = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
+    policy, reference = built.policy, built.reference
     tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
                                      cfg.data.skip_bad_rows)
-    collator = COLLATORS[loss_fn.batch_kind](tokenizer.pad_token_id, cfg.data.max_length)
+    if built.online_source is not None:  # the loss learns from samples of the model being trained
+        batches = built.online_source(loss_fn, [rows[t["row"]]["prompt"] for t in tokens])
+    else:
+        collator = COLLATORS[loss_fn.batch_kind](tokenizer.pad_token_id, cfg.data.max_length)
+        batches = DatasetBatches(tokens, collator, cfg.trainer.batch_size, seed=cfg.seed)
 
     # --- train ---
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = fit(policy, loss_fn, tokens, collator, cfg.trainer, run_dir, seed=cfg.seed,
+    result = fit(built.model, loss_fn, batches, cfg.trainer, run_dir, seed=cfg.seed,
                  reference=reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}")
     peak, peak_source = peak_memory_mb()
-    policy.save_pretrained(run_dir / "model", safe_serialization=True)
+    save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \
+        else {}  # PPO under LoRA: the policy's adapter only (value / reward adapters live on the same model)
+    policy.save_pretrained(run_dir / "model", safe_serialization=True, **save_kwargs)
     tokenizer.save_pretrained(run_dir / "model")
     out = {
         "train_seconds": result.train_seconds, "stage_seconds": stage_seconds, "steps": result.steps,
         "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
         "peak_memory_mb": peak, "peak_memory_source": peak_source,
         "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
-        "reference": reference_path, "final_log": result.last_log,
+        "reference": reference_path, "final_log": result.last_log, **built.info,
     }
 
     # --- evaluate on held-out data (prompts for a policy, pairs for a reward model) ---
     if cfg.eval.num_prompts > 0 and eval_items:
         policy.eval()
-        eval_metrics, samples = EVALUATORS[kind](cfg, policy, reference, tokenizer, eval_items, collator)
+        eval_metrics, samples = EVALUATORS[kind](cfg, policy, reference, tokenizer, eval_items)
         out.update(eval_metrics)
         with open(run_dir / "samples.jsonl", "w") as f:
             for row in samples:

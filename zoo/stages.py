@@ -30,9 +30,9 @@ from zoo.data.load import load_rows, read_rows, tokenize_rows
 from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
-from zoo.models import load_causal_lm, load_reward_model, load_tokenizer
+from zoo.models import apply_lora, load_causal_lm, load_reward_model, load_tokenizer
 from zoo.rollout import sample
-from zoo.trainer import fit
+from zoo.trainer import DatasetBatches, fit
 
 
 def file_digest(path: str | Path) -> str:
@@ -85,7 +85,8 @@ def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn,
     trainer_cfg = OmegaConf.merge(cfg.trainer, {
         "max_steps": stage.max_steps, "learning_rate": stage.learning_rate, "batch_size": stage.batch_size,
         "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20})
-    result = fit(model, loss_fn, tokens, collator, trainer_cfg, out / "train", seed=0, desc=desc)
+    batches = DatasetBatches(tokens, collator, stage.batch_size, seed=0)
+    result = fit(model, loss_fn, batches, trainer_cfg, out / "train", seed=0, desc=desc)
     model.save_pretrained(out / "model", safe_serialization=True)
     tokenizer.save_pretrained(out / "model")
     return {"steps": result.steps, "train_seconds": round(result.train_seconds, 2), "final": result.last_log}
@@ -155,14 +156,22 @@ def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) 
 
 
 def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Path:
-    """The cached Bradley-Terry reward model trained on ``pairs_path``, initialised from the reference."""
+    """The cached Bradley-Terry reward model trained on ``pairs_path``, initialised from the reference.
+
+    Under ``peft=lora`` it is a LoRA adapter + head on the reference (saved as an adapter), so PPO can
+    hold it as one more adapter on its single frozen base instead of a second copy of the model.
+    """
     stage = cfg.stages.reward
+    lora = OmegaConf.to_container(cfg.peft) if cfg.peft.enabled else None
     key = cache_key("reward", str(reference_path), file_digest(reference_path), file_digest(pairs_path),
-                    OmegaConf.to_container(stage), cfg.data.max_length)
+                    OmegaConf.to_container(stage), cfg.data.max_length, *([lora] if lora else []))
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(str(reference_path))
         model = load_reward_model(str(reference_path), tokenizer.pad_token_id)
+        if lora:
+            p = cfg.peft
+            model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task_type="SEQ_CLS")
         rows, _ = load_rows("pairs", str(pairs_path), read_rows(pairs_path))
         held = max(1, len(rows) // 10)  # the last 10% of pairs measure the RM, never train it
         train_rows, eval_rows = rows[:-held], rows[-held:]
@@ -175,4 +184,4 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Pat
               + (f", vs gold {metrics['rm_accuracy_vs_gold']:.3f}" if "rm_accuracy_vs_gold" in metrics else ""))
         return {**info, **metrics}
 
-    return cached_stage(cfg.stages.cache_dir, "reward", key, build) / "model"
+    return cached_stage(cfg.stages.cache_dir, "lora-reward" if lora else "reward", key, build) / "model"

@@ -1,18 +1,21 @@
 """THE trainer: one ``fit()`` loop for every algorithm, on ``accelerate``.
 
-The loop only knows the loss's declarations (``batch_kind``, ``needs_reference``); it never looks at
-an algorithm's name. Per optimizer step:
+The loop only knows the loss's declarations (``batch_kind``, ``needs_reference``, ``model_output``);
+it never looks at an algorithm's name. Batches come from a batch source: a dataset
+(:class:`DatasetBatches`, offline losses) or an online source that samples from the model being
+trained (``zoo.rollout.Experience``, PPO). Per optimizer step:
 
-    batch (collated for loss.batch_kind)
+    batch (collated for loss.batch_kind, or a rollout minibatch)
       -> policy output for loss.model_output (with grad): completion log-probs, SequenceLogps (N, T-1),
          or a scalar head's scores, SequenceScores (N,)
       -> the reference's output (no grad), if the loss needs it
       -> loss(policy, reference) -> LossOutput(loss (B,), metrics)
       -> mean, backward, clip, step (accelerate handles accumulation, devices, mixed precision)
 
-Logs go to ``log.jsonl`` (``step``, ``loss``, ``lr`` and the loss's metrics averaged over the steps since
-the last line); checkpoints (``accelerate`` state + step) go to ``checkpoints/step_N`` and a run
-restarted in the same directory resumes from the newest one.
+Logs go to ``log.jsonl`` (``step``, ``loss``, ``lr``, the loss's metrics and the source's per-batch
+metrics, averaged over the steps since the last line); checkpoints (``accelerate`` state, the source's
+state, the step) go to ``checkpoints/step_N`` and a run restarted in the same directory resumes from
+the newest one.
 """
 
 from __future__ import annotations
@@ -56,6 +59,20 @@ class StepBatches(torch.utils.data.Sampler):
             yield chunk if len(chunk) == self.batch_size else (chunk + order)[: self.batch_size]
 
 
+class DatasetBatches:
+    """Batches of a fixed dataset: ``rows`` collated ``batch_size`` at a time in a seeded order."""
+
+    steps_per_refresh = 1  # any step is a valid checkpoint
+
+    def __init__(self, rows: list[dict], collator, batch_size: int, seed: int = 0):
+        self.rows, self.collator, self.batch_size, self.seed = rows, collator, batch_size, seed
+
+    def batches(self, accelerator: Accelerator, model: torch.nn.Module, start: int, end: int):
+        """Micro-batches number ``start..end`` of the endless shuffle, on the accelerator's device."""
+        sampler = StepBatches(len(self.rows), self.batch_size, self.seed, start, end)
+        return accelerator.prepare(DataLoader(self.rows, batch_sampler=sampler, collate_fn=self.collator))
+
+
 @dataclass
 class FitResult:
     """What a finished ``fit`` reports to the run."""
@@ -81,9 +98,15 @@ def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], collator, cfg: TrainerConfig,
-        run_dir: str | Path, seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
-    """Train ``policy`` on tokenized ``rows`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``."""
+def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerConfig, run_dir: str | Path,
+        seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
+    """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
+
+    ``source`` is a :class:`DatasetBatches` or an online source with the same two members:
+    ``batches(accelerator, model, start, end)`` (micro-batches ``start..end``, resumable) and
+    ``steps_per_refresh`` (checkpoints fall on multiples of it: an online source cannot rebuild a
+    half-used rollout batch). A source with ``state_dict`` is checkpointed with the model.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn.needs_reference and reference is None:
@@ -99,6 +122,8 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     if reference is not None:
         reference.to(accelerator.device)
+    if hasattr(source, "state_dict"):
+        accelerator.register_for_checkpointing(source)
 
     # --- resume from the newest checkpoint in this run dir ---
     start_step = 0
@@ -110,8 +135,10 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
 
     forward = MODEL_OUTPUTS[loss_fn.model_output]
     micro = cfg.grad_accum_steps * accelerator.num_processes
-    sampler = StepBatches(len(rows), cfg.batch_size, seed, start_step * micro, cfg.max_steps * micro)
-    loader = accelerator.prepare(DataLoader(rows, batch_sampler=sampler, collate_fn=collator))
+    loader = source.batches(accelerator, policy, start_step * micro, cfg.max_steps * micro)
+    # round the checkpoint interval up to a multiple of the source's refresh (1 for datasets)
+    refresh = source.steps_per_refresh
+    save_every = -(-cfg.save_every // refresh) * refresh if cfg.save_every else 0
 
     log_path = run_dir / "log.jsonl"
     window: list[dict[str, float]] = []
@@ -141,7 +168,7 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
             scheduler.step()
             optimizer.zero_grad()
 
-        metrics = {"loss": accelerator.gather(loss.detach()).mean().item()}
+        metrics = {"loss": accelerator.gather(loss.detach()).mean().item(), **batch.get("metrics", {})}
         for name, value in out.metrics.items():
             metrics[name] = accelerator.gather(value.detach().float().reshape(-1)).mean().item()
         window.append(metrics)
@@ -161,7 +188,7 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, rows: list[dict], coll
                     f.write(json.dumps(last_log) + "\n")
 
         # --- checkpoint ---
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+        if save_every and step % save_every == 0 and step < cfg.max_steps:
             save_checkpoint(accelerator, run_dir, step)
     bar.close()
     accelerator.wait_for_everyone()

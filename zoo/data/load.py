@@ -14,7 +14,7 @@ from pathlib import Path
 from trl.data_utils import extract_prompt
 
 from zoo.data.schema import DataError, validate_rows
-from zoo.data.tokenize import tokenize_completion, tokenize_pair
+from zoo.data.tokenize import tokenize_completion, tokenize_pair, tokenize_prompt
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -90,6 +90,9 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
         if kind == "pairs":
             prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
             item = {"row": i, "prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+        elif kind == "prompts":  # online losses: the completion is sampled during training
+            prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
+            item = {"row": i, "prompt_ids": prompt_ids}
         else:
             prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
             item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}

@@ -3,8 +3,9 @@
 from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, SequenceScores
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ipo import IPOLoss
+from zoo.losses.ppo import PPOLoss
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 
 __all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
-           "SFTLoss"]
+           "PPOLoss", "SFTLoss"]

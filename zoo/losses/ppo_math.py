@@ -6,10 +6,10 @@ Huang et al. 2024 ("The N+ Implementation Details of RLHF with PPO: A Case Study
 Summarization", https://arxiv.org/abs/2403.17031), Schulman et al. 2016 (GAE,
 https://arxiv.org/abs/1506.02438) and 2017 (PPO, https://arxiv.org/abs/1707.06347).
 
-Conventions: every per-token tensor is (B, T) over the response tokens only, and ``mask`` (B, T) is
-1.0 on valid response tokens and 0.0 on padding. Responses are right-padded, so a row's last valid
-token sits at index ``mask.sum(1) - 1``; functions that rely on that say so. Outputs are zero
-outside the mask. Metrics are detached and use TRL's names (``policy/clipfrac``, ``val/clipfrac``).
+Conventions: every per-token tensor is (B, T), and ``mask`` (B, T) is 1.0 on valid response tokens
+and 0.0 elsewhere. A row's response is one contiguous run of 1s that may start after the prompt's
+columns (zoo's rollouts are whole right-padded prompt + response sequences) or at column 0 (TRL's
+response-only tensors); the last valid token is the row's last 1. Outputs are zero outside the mask. Metrics are detached and use TRL's names (``policy/clipfrac``, ``val/clipfrac``).
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of each row's last valid token, mask.sum(1) - 1; assumes right padding."""
-    lengths = mask.sum(dim=1).long()  # (B,)
-    if (lengths < 1).any():
+    """(B,) column of each row's last valid token (the last 1 in the row)."""
+    if (mask.sum(dim=1) < 1).any():
         raise ValueError("every response needs at least one valid token (a row of mask is all zero)")
-    return lengths - 1
+    columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)  # 1..T, so column 0 still beats "no 1"
+    return (mask.bool() * columns).argmax(dim=1)
 
 
 def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
@@ -111,8 +111,8 @@ def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: to
 
     (Ziegler et al. 2019 Eq. 2, spread per token as in Ouyang et al. 2022 and Huang et al. 2024.)
     scores: (B,) reward-model scores; the rest (B, T). Returns (rewards, kl), both (B, T), zero
-    outside the mask. Assumes right padding (the last valid token is at mask.sum(1) - 1); a row with
-    no valid token raises a ValueError. Call it under ``torch.no_grad()``: rewards are targets.
+    outside the mask. The score goes on each row's last valid token; a row with no valid token raises
+    a ValueError. Call it under ``torch.no_grad()``: rewards are targets.
     """
     kl = kl_estimate(logprobs, ref_logprobs, kind) * mask  # (B, T)
     rewards = -kl_coef * kl  # (B, T)
@@ -145,8 +145,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         returns = A + V
 
     The episode ends at the response's last valid token: V_{t+1} = 0 and A_{t+1} = 0 there
-    (padding is masked out of rewards and values first, so it contributes nothing). Assumes right
-    padding. Returns (advantages, returns), both (B, T), zero outside the mask, and detached: they
+    (padding is masked out of rewards and values first, so it contributes nothing; prompt columns
+    before the response come earlier in time and do not feed back into it). Returns (advantages, returns), both (B, T), zero outside the mask, and detached: they
     are regression and policy-gradient targets. No whitening here; see ``masked_whiten``.
     """
     rewards, values, mask = rewards.detach() * mask, values.detach() * mask, mask.to(values.dtype)
