@@ -40,6 +40,17 @@ def peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+def current_memory_mb() -> float:
+    """Memory in use now, on the same scale as ``peak_memory_mb``: CUDA allocated, else resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):  # not Linux: no cheap RSS reading; the peak alone is still reported
+        return float("nan")
+
+
 def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
     """Rows from a local file, or from a hub id / saved dataset directory."""
     p = Path(path)
@@ -232,6 +243,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     stage_seconds = time.perf_counter() - started
 
     # --- models and tokenized data ---
+    memory_before_models = current_memory_mb()  # so a benchmark can subtract the interpreter and libraries
     tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
     built = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
     policy, reference = built.policy, built.reference
@@ -256,7 +268,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     out = {
         "train_seconds": result.train_seconds, "stage_seconds": stage_seconds, "steps": result.steps,
         "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
-        "peak_memory_mb": peak, "peak_memory_source": peak_source,
+        "peak_memory_mb": peak, "peak_memory_source": peak_source, "memory_before_models_mb": memory_before_models,
         "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
         "reference": reference_path, "final_log": result.last_log, **built.info,
     }
