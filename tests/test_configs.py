@@ -11,7 +11,7 @@ from zoo.config import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "zoo" / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
-EXPECTED_YAML_FILES = 17  # update when a config is added: the glob must not silently find nothing
+EXPECTED_YAML_FILES = 19  # update when a config is added: the glob must not silently find nothing
 
 
 def compose_train(overrides=()):
@@ -58,3 +58,11 @@ def test_typo_fails_at_compose_time(typo):
 def test_wrong_type_fails_at_compose_time():
     with pytest.raises(ConfigCompositionException):
         compose_train(["trainer.max_steps=many"])
+
+
+def test_algo_ppo_brings_its_trainer_preset_and_the_command_line_still_wins():
+    """algo=ppo selects trainer/ppo through its defaults list; trainer=... or trainer.* on the command line override it."""
+    assert compose_train(["algo=ppo"]).trainer.max_steps == 960
+    assert compose_train(["algo=dpo"]).trainer.max_steps == 250
+    assert compose_train(["algo=ppo", "trainer=cpu_smoke"]).trainer.max_steps == 3
+    assert compose_train(["algo=ppo", "trainer.learning_rate=1e-6"]).trainer.learning_rate == 1e-6

@@ -15,6 +15,7 @@ from zoo.losses.ppo_math import (
     explained_variance,
     gae,
     kl_estimate,
+    last_token_index,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -162,6 +163,38 @@ def test_gae_padded_row_ends_at_last_valid_token():
     adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
     assert_close(adv, torch.tensor([[0.351975, 0.3705, 0.39, 0.2], [0.925, 1.5, 0.0, 0.0]]))
     assert_close(ret, torch.tensor([[0.851975, 0.7705, 0.99, 1.0], [1.925, 2.0, 0.0, 0.0]]))
+
+
+def test_responses_after_prompt_columns_hand_computed():
+    """zoo's rollouts are whole prompt + response rows: mask (0, 1, 1, 1, 0) has a prompt column before the
+    response and a padding column after it; (0, 0, 0, 1, 1) has three prompt columns and none after.
+    The garbage on the zero columns (log-probs -9, values 7 and 9) must not leak in.
+    last_token_index = (3, 4): the last 1 of each row, not sum(mask) - 1 = (2, 1).
+    token_rewards, k1, kl_coef 0.1, scores (1, -0.5):
+      row 0: r = lp - ref = (-9, 0.5, -0.5, 0, -7) -> kl = (0, 0.5, -0.5, 0, 0),
+             rewards = -0.1 * kl + score at col 3 = (0, -0.05, 0.05, 1, 0)
+      row 1: r = (-9, -9, -9, 1, -0.5)            -> kl = (0, 0, 0, 1, -0.5),
+             rewards = (0, 0, 0, -0.1, 0.05 - 0.5) = (0, 0, 0, -0.1, -0.45)
+    gae, gamma = 1, lam = 0.95, V = (7, 0.5, 0.4, 0.2, 9) and (7, 7, 7, 0.4, 0.3); V after the last token is 0:
+      row 0: t=3: delta = 1 + 0 - 0.2 = 0.8;         A_3 = 0.8
+             t=2: delta = 0.05 + 0.2 - 0.4 = -0.15;  A_2 = -0.15 + 0.95 * 0.8 = 0.61
+             t=1: delta = -0.05 + 0.4 - 0.5 = -0.15; A_1 = -0.15 + 0.95 * 0.61 = 0.4295
+             returns = A + V = (0, 0.9295, 1.01, 1.0, 0)
+      row 1: t=4: delta = -0.45 + 0 - 0.3 = -0.75;   A_4 = -0.75
+             t=3: delta = -0.1 + 0.3 - 0.4 = -0.2;   A_3 = -0.2 + 0.95 * -0.75 = -0.9125
+             returns = (0, 0, 0, -0.5125, -0.45)
+    Advantages and returns are 0 on the prompt and padding columns."""
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0]])
+    assert last_token_index(mask).tolist() == [3, 4]
+    logprobs = torch.tensor([[-9.0, -1.0, -2.0, -1.0, -7.0], [-9.0, -9.0, -9.0, -1.0, -1.0]])
+    ref = torch.tensor([[0.0, -1.5, -1.5, -1.0, 0.0], [0.0, 0.0, 0.0, -2.0, -0.5]])
+    rewards, kl = token_rewards(torch.tensor([1.0, -0.5]), logprobs, ref, mask, kl_coef=0.1)
+    assert_close(kl, torch.tensor([[0.0, 0.5, -0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, -0.5]]))
+    assert_close(rewards, torch.tensor([[0.0, -0.05, 0.05, 1.0, 0.0], [0.0, 0.0, 0.0, -0.1, -0.45]]))
+    values = torch.tensor([[7.0, 0.5, 0.4, 0.2, 9.0], [7.0, 7.0, 7.0, 0.4, 0.3]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    assert_close(adv, torch.tensor([[0.0, 0.4295, 0.61, 0.8, 0.0], [0.0, 0.0, 0.0, -0.9125, -0.75]]))
+    assert_close(ret, torch.tensor([[0.0, 0.9295, 1.01, 1.0, 0.0], [0.0, 0.0, 0.0, -0.5125, -0.45]]))
 
 
 def test_gae_discount_hand_computed():

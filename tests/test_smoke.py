@@ -47,7 +47,7 @@ def check_run_dir(run_dir, algo):
     return metrics, log
 
 
-@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo"])
+@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo"])  # ppo: test_ppo_runs
 def test_each_algorithm_runs(algo, cache, tmp_path):
     zoo("train", f"algo={algo}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     metrics, log = check_run_dir(tmp_path, algo)
@@ -67,6 +67,23 @@ def test_reward_model_runs(peft, cache, tmp_path):
         assert key in metrics
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert {"loss", "rewards/margins", "rewards/accuracies"} <= set(log[0])
+
+
+PPO_LOG_KEYS = {"objective/kl", "objective/entropy", "objective/scores", "objective/gold", "policy/approxkl",
+                "policy/clipfrac", "val/vf_loss", "val/clipfrac", "val/explained_variance"}
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_ppo_runs(peft, cache, tmp_path):
+    """PPO through Hydra: reward stage -> rollouts -> PPO updates; under LoRA the RM is an adapter of the one base."""
+    zoo("train", "algo=ppo", f"peft={peft}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
+    metrics, log = check_run_dir(tmp_path, "ppo")
+    assert PPO_LOG_KEYS <= set(log[0]) and PPO_LOG_KEYS <= set(log[-1])
+    assert metrics["reward_model_shares_base"] is (peft == "lora")
+    assert (tmp_path / "checkpoints" / "step_2").is_dir()  # smoke rollouts: 2 optimizer steps each
+    if peft == "lora":  # the saved model is the policy's adapter only, not the value / reward adapters
+        assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+        assert not (tmp_path / "model" / "value").exists() and not (tmp_path / "model" / "reward").exists()
 
 
 def test_lora_saves_only_the_adapter(cache, tmp_path):

@@ -28,7 +28,7 @@ https://arxiv.org/abs/2403.17031) and where each one lives:
 8. a fixed score for responses that miss EOS (``missing_eos_penalty``, replacing the RM score).
 9. log-probs at the sampling temperature, for old, new and reference policies (``zoo.rollout``).
 10. a value model separate from the policy, initialised from the RM or the SFT model, with a
-    zero-initialised head (``zoo.models.ValueModel``); dropout off everywhere (``disable_dropout``).
+    zero-initialised head (``zoo.models.value_model``); dropout off everywhere (``disable_dropout``).
 """
 
 from __future__ import annotations

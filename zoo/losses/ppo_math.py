@@ -222,7 +222,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     """
     var_returns = masked_var(returns, mask, unbiased=False)
     if var_returns == 0:
-        return torch.tensor(float("nan"), dtype=returns.dtype)
+        return torch.tensor(float("nan"), dtype=returns.dtype, device=returns.device)
     return 1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns
 
 
