@@ -11,8 +11,9 @@ adapter (+ head). This script measures it rather than arguing it:
 1. builds (once, under ``outputs/bench/``) a randomly initialised Llama with the world's tokenizer
    at the requested size, plus a LoRA reward model and a full reward model for it (random weights:
    memory does not depend on what the weights say);
-2. runs ``zoo train`` four times in fresh processes (sft and ppo, each with ``peft=lora`` and
-   without), with the same minibatch (``trainer.batch_size``) and no stages or evaluation;
+2. runs ``zoo train`` in fresh processes: sft, ppo, and ppo with ``algo.value_checkpointing=true``
+   (the value trunk recomputed in backward), each with ``peft=lora`` and without, with the same
+   minibatch (``trainer.batch_size``) and no stages or evaluation;
 3. reads each run's ``metrics.json``: on a GPU ``peak_memory_mb`` is the CUDA allocator's peak (the
    process starts from zero); on a CPU it is the process's peak RSS, so the memory in use before the
    models were loaded (interpreter, torch, transformers) is subtracted to get what the run itself used.
@@ -47,7 +48,7 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     config = AutoConfig.from_pretrained(str(paths.MODEL))
     config.update({"hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": hidden * 8 // 3,
                    "num_attention_heads": max(1, hidden // 64), "num_key_value_heads": max(1, hidden // 64),
-                   "head_dim": 64 if hidden >= 64 else hidden})
+                   "head_dim": min(64, hidden)})
     model = AutoModelForCausalLM.from_config(config)
     tokenizer = load_tokenizer(str(paths.MODEL))
     model.save_pretrained(model_dir / "policy", safe_serialization=True)
@@ -63,16 +64,16 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     return model_dir
 
 
-def run(algo: str, peft: str, model_dir: Path, out: Path, args) -> dict:
+def run(algo: str, peft: str, model_dir: Path, out: Path, args, extra: tuple[str, ...] = ()) -> dict:
     """One ``zoo train`` in a fresh process; returns its metrics.json."""
-    run_dir = out / f"{algo}-{peft}"
+    run_dir = out / "-".join([algo, peft, *(e.split("=")[0].split(".")[-1] for e in extra)])
     reward = model_dir / ("reward_lora" if peft == "lora" else "reward_full")
     overrides = [
         f"algo={algo}", f"peft={peft}", f"model.name_or_path={model_dir / 'policy'}", "data.sft_stage=false",
         "data.preference_stage=false", "eval.num_prompts=0", f"algo.reward_model={reward}",
         f"trainer.batch_size={args.batch_size}", f"trainer.max_steps={args.steps}", "trainer.save_every=0",
         "trainer.learning_rate=1e-5", "trainer.warmup_steps=1", "algo.rollout.ppo_epochs=1",
-        f"algo.rollout.max_new_tokens={args.new_tokens}", f"hydra.run.dir={run_dir}",
+        f"algo.rollout.max_new_tokens={args.new_tokens}", f"hydra.run.dir={run_dir}", *extra,
     ]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "train", *overrides], capture_output=True, text=True,
@@ -99,9 +100,11 @@ def main() -> None:
     params = json.loads((model_dir / "done").read_text())["parameters"]
     out = args.out / f"memory-{model_dir.name}-b{args.batch_size}"
     results = {}
+    checkpointing = ("algo.value_checkpointing=true",)
     for peft in ("lora", "none"):
-        for algo in ("sft", "ppo"):
-            results[algo, peft] = run(algo, peft, model_dir, out, args)
+        results["sft", peft] = run("sft", peft, model_dir, out, args)
+        results["ppo", peft] = run("ppo", peft, model_dir, out, args)
+        results["ppo + value checkpointing", peft] = run("ppo", peft, model_dir, out, args, checkpointing)
 
     def used(m: dict) -> float | None:
         if m.get("status") != "finished":
@@ -119,9 +122,10 @@ def main() -> None:
         print(f"| {algo} | {peft} | {u:.0f} | {m['peak_memory_mb']:.0f} | {m['peak_memory_source']} | "
               f"{m['wall_seconds']:.0f} |" if u is not None else f"| {algo} | {peft} | failed | | | |")
     for peft in ("lora", "none"):
-        ppo, sft = used(results["ppo", peft]), used(results["sft", peft])
-        ratio = f"{ppo / sft:.2f}x" if ppo is not None and sft else "missing"
-        print(f"PPO / SFT peak memory, peft={peft}: {ratio}")
+        for variant in ("ppo", "ppo + value checkpointing"):
+            ppo, sft = used(results[variant, peft]), used(results["sft", peft])
+            ratio = f"{ppo / sft:.2f}x" if ppo is not None and sft else "missing"
+            print(f"{variant} / sft peak memory, peft={peft}: {ratio}")
 
 
 if __name__ == "__main__":

@@ -309,6 +309,31 @@ def test_one_backward_trains_both_adapters_and_no_base_weight():
     assert base and all(policy.get_parameter(n).grad is None for n in base)
 
 
+def test_value_checkpointing_gives_the_same_gradients():
+    """algo.value_checkpointing recomputes the value trunk during backward (switching to the "value"
+    adapter and back while the policy's gradients are being accumulated); it must change memory only:
+    outputs and every gradient equal the plain run's."""
+    results = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)  # the same LoRA A matrices both times
+        policy, value, ac = actor_critic()
+        perturb(policy, ("lora_B",))
+        perturb(value, ("head.",), seed=1)
+        value.checkpoint = checkpoint
+        input_ids, attention_mask = batch()
+        logps, values = ac(input_ids, attention_mask)
+        (logps.sum() + values.pow(2).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in ac.named_parameters() if p.grad is not None}
+        results.append((logps.detach(), values.detach(), grads, flags(policy)))
+    (logps0, values0, grads0, flags0), (logps1, values1, grads1, flags1) = results
+    assert_close(logps1, logps0)
+    assert_close(values1, values0)
+    assert grads1.keys() == grads0.keys() and any(".value." in n for n in grads0)
+    for name in grads0:
+        assert_close(grads1[name], grads0[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert flags1 == flags0  # the adapter switch inside backward put every requires_grad flag back
+
+
 def test_disabled_adapters_give_the_base_model():
     """With both adapters moved, the policy's logits differ from the base model's; inside disable_adapter()
     (the reference under LoRA) they are the base model's."""

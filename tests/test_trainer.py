@@ -70,8 +70,9 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
 
     cfg = OmegaConf.create({"model": {"dtype": "float32", "trust_remote_code": False}, "quant": {"bits": None},
                             "peft": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}})
-    policy, reference = build_policy(cfg, str(paths.MODEL), str(paths.MODEL))
-    assert reference.separate is None
+    built = build_policy(cfg, str(paths.MODEL), str(paths.MODEL), tokenizer=None)
+    policy, reference = built.policy, built.reference
+    assert reference.separate is None and built.model is policy
     with torch.no_grad():  # LoRA's B starts at zero; move it so the policy differs from its base
         for name, p in policy.named_parameters():
             if "lora_B" in name:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from zoo.losses.base import SequenceLogps, SequenceScores
 
@@ -108,7 +112,7 @@ class Reference:
             with peft_model.disable_adapter():
                 yield peft_model
 
-    def to(self, device) -> "Reference":
+    def to(self, device) -> Reference:
         if self.separate is not None:
             self.separate.to(device)
         return self
@@ -186,16 +190,28 @@ class ScalarHead(nn.Module):
         self._shared = (shared,)  # a tuple: not registered as a submodule
         self.adapter = adapter
         self.head = nn.Linear(hidden_size, 1, bias=bias)
+        self.checkpoint = False
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(N, T) one scalar per position, read from the final hidden state."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, T, H) the trunk's final hidden states (through adapter ``adapter`` on a shared model)."""
         shared = self._shared[0]
         if shared is None:
-            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        with active_adapter(shared, self.adapter):
+            return trunk_of(shared)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, T) one scalar per position, read from the final hidden state.
+
+        With ``checkpoint`` set (PPO's value model) and grad on, the trunk's activations are not kept:
+        they are recomputed in the backward pass (``torch.utils.checkpoint``), one extra trunk forward
+        in exchange for holding only one network's activations at a time (see ``ActorCritic``).
+        """
+        if self.checkpoint and torch.is_grad_enabled():
+            hidden = torch.utils.checkpoint.checkpoint(self.hidden_states, input_ids, attention_mask,
+                                                       use_reentrant=False)
         else:
-            with active_adapter(shared, self.adapter):
-                hidden = trunk_of(shared)(input_ids=input_ids, attention_mask=attention_mask,
-                                          use_cache=False).last_hidden_state
+            hidden = self.hidden_states(input_ids, attention_mask)
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -252,6 +268,19 @@ def add_adapter_from(peft_model: nn.Module, adapter_dir: str | Path, name: str, 
     return rest
 
 
+def add_fresh_adapter(peft_model: nn.Module, name: str, r: int, alpha: int, dropout: float,
+                      target_modules: list[str] | str) -> None:
+    """A new trainable LoRA adapter ``name`` on ``peft_model`` (B = 0: it starts as the base itself)."""
+    from peft import LoraConfig
+
+    targets = list(target_modules) if not isinstance(target_modules, str) else target_modules
+    peft_model.add_adapter(name, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                            task_type="CAUSAL_LM"))
+    for param_name, param in peft_model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(True)
+
+
 def adapter_reward_model(peft_model: nn.Module, adapter_dir: str | Path, hidden_size: int) -> ScalarHead:
     """A LoRA reward model (trained with ``peft=lora`` on the reference) as adapter ``"reward"`` of
     ``peft_model`` plus its head: the RM costs no second copy of the base."""
@@ -272,18 +301,22 @@ class ActorCritic(nn.Module):
     token t+1, so the value is the one of the state the token was sampled in.
     """
 
-    def __init__(self, policy: nn.Module, value: ScalarHead):
+    def __init__(self, policy: nn.Module, value: ScalarHead, checkpoint_value: bool = False):
         super().__init__()
         self.policy = policy
         self.value = value
+        value.checkpoint = checkpoint_value
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+        # The value model runs first and, if checkpointed, keeps no activations; autograd then walks the
+        # policy's graph first (it was built last), freeing it before the value trunk is recomputed, so
+        # the update holds one network's activations at a time instead of both.
+        values = self.value(input_ids, attention_mask)[:, :-1]
         if hasattr(self.policy, "peft_config"):  # the value / reward adapters may share this model
             with active_adapter(self.policy, "default"):
                 logps = token_logps(self.policy, input_ids, attention_mask, temperature)
         else:
             logps = token_logps(self.policy, input_ids, attention_mask, temperature)
-        values = self.value(input_ids, attention_mask)[:, :-1]
         return logps, values
 
 

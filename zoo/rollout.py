@@ -1,4 +1,4 @@
-"""Sampling completions from a policy: used by evaluation, preference collection and (later) PPO.
+"""Sampling completions from a policy (evaluation, preference collection) and PPO's online experience.
 
 Prompts are left-padded for batched generation (decoder-only models continue from the right edge).
 Sampling is pure ancestral sampling at ``temperature`` (``top_k=0``, ``top_p=1``), so samples at
@@ -8,12 +8,18 @@ Each completion is cut after its first EOS; ``ended`` records whether it produce
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from zoo.config import RolloutConfig
-from zoo.data.tokenize import tokenize_prompt
+from zoo.data.collate import DemonstrationCollator
+from zoo.data.tokenize import tokenize_completion, tokenize_prompt
+from zoo.losses.ppo_math import explained_variance
+from zoo.models import sequence_logps
+from zoo.trainer import StepBatches
 
 
 @dataclass
@@ -38,7 +44,6 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
     all_prompt_ids = [tokenize_prompt(tokenizer, p) for p in prompts]
     completions, ended = [], []
     generator_seed = seed
-    from tqdm.auto import tqdm
 
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = all_prompt_ids[start:start + batch_size]
@@ -68,16 +73,15 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
 
 class RewardScorer:
     """Scores (prompt, completion) texts with a scalar model, through its own tokenizer (feedback reads
-    text, not the policy's token ids). ``score_fn(input_ids, attention_mask) -> (N,)``."""
+    text, not the policy's token ids). ``score_fn(input_ids, attention_mask) -> (N,)``; ``module`` is
+    what must sit on the scoring device (the RM, or only a head when the RM is an adapter of the policy)."""
 
-    def __init__(self, score_fn, tokenizer, max_length: int | None, batch_size: int = 64):
-        self.score_fn, self.tokenizer, self.max_length, self.batch_size = score_fn, tokenizer, max_length, batch_size
+    def __init__(self, score_fn, module: torch.nn.Module, tokenizer, max_length: int | None, batch_size: int = 64):
+        self.score_fn, self.module, self.tokenizer = score_fn, module, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list[str], device) -> torch.Tensor:
-        from zoo.data.collate import DemonstrationCollator
-        from zoo.data.tokenize import tokenize_completion
-
         # the RM was trained on prompt + completion + EOS (TRL's tokenization), so it is scored the same way
         rows = [dict(zip(("prompt_ids", "completion_ids"), tokenize_completion(self.tokenizer, p, c)))
                 for p, c in zip(prompts, completions)]
@@ -107,7 +111,7 @@ class Experience:
                  max_length: int | None = None, gold_fn=None):
         self.loss_fn, self.policy, self.value, self.reference = loss_fn, policy, value, reference
         self.scorer, self.tokenizer, self.prompts, self.settings = scorer, tokenizer, prompts, settings
-        self.micro_batch, self.grad_accum, self.seed = batch_size, grad_accum_steps, seed
+        self.micro_batch, self.grad_accum, self.seed, self.process_seed = batch_size, grad_accum_steps, seed, seed
         self.max_length, self.gold_fn = max_length, gold_fn
         self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches
         if self.rollout_size > len(prompts):
@@ -130,19 +134,22 @@ class Experience:
     # --- the batch source ---
 
     def batches(self, accelerator, model, start: int, end: int):
-        """Micro-batches ``start..end``; ``start`` falls on a rollout boundary (fit checkpoints there)."""
-        per_rollout = self.steps_per_refresh * self.grad_accum * accelerator.num_processes
+        """Micro-batches ``start..end`` (counted over all processes, as ``fit`` counts them); ``start``
+        falls on a rollout boundary, where ``fit`` checkpoints. Each process samples its own rollouts
+        (its own prompt order); whitening and score normalisation are per process."""
+        processes = accelerator.num_processes
+        per_rollout = self.steps_per_refresh * self.grad_accum * processes
         if start % per_rollout:
             raise ValueError(f"cannot resume PPO mid-rollout (micro-batch {start} of {per_rollout} per rollout)")
-        return self._generate(accelerator.device, start // per_rollout, start, end)
+        self.scorer.module.to(accelerator.device)
+        self.process_seed = self.seed + 7919 * accelerator.process_index  # = seed on a single process
+        return self._generate(accelerator.device, start // per_rollout, (end - start) // processes)
 
-    def _generate(self, device, first_rollout: int, start: int, end: int):
-        from zoo.trainer import StepBatches
-
-        num_rollouts = -(-(end - start) // (self.steps_per_refresh * self.grad_accum))
-        order = StepBatches(len(self.prompts), self.rollout_size, self.seed, first_rollout,
+    def _generate(self, device, first_rollout: int, count: int):
+        num_rollouts = -(-count // (self.steps_per_refresh * self.grad_accum))
+        order = StepBatches(len(self.prompts), self.rollout_size, self.process_seed, first_rollout,
                             first_rollout + num_rollouts)
-        left = end - start
+        left = count
         for index, prompt_ids in zip(range(first_rollout, first_rollout + num_rollouts), order):
             rollout, metrics = self.rollout([self.prompts[i] for i in prompt_ids], index, device)
             for micro in self.minibatches(rollout, index, metrics["objective/kl_coef"]):
@@ -154,12 +161,9 @@ class Experience:
     @torch.no_grad()
     def rollout(self, prompts: list, index: int, device) -> tuple[dict, dict[str, float]]:
         """Sample and score one rollout batch; returns its tensors (N, ...) and its metrics."""
-        from zoo.data.collate import DemonstrationCollator
-        from zoo.models import sequence_logps
-
         s = self.settings
         samples = sample(self.policy, self.tokenizer, prompts, s.max_new_tokens, s.temperature,
-                         batch_size=len(prompts), seed=self.seed * 1_000_003 + index)
+                         batch_size=len(prompts), seed=self.process_seed * 1_000_003 + index)
         rows = [{"prompt_ids": p, "completion_ids": c} for p, c in zip(samples.prompt_ids, samples.completion_ids)]
         seqs = DemonstrationCollator(self.tokenizer.pad_token_id, self.max_length)(rows)
         seqs = {k: v.to(device) for k, v in seqs.items()}  # (N, T) right-padded prompt + completion
@@ -187,8 +191,6 @@ class Experience:
         rewards, kl = self.loss_fn.shape_rewards(scores, ended, old_logps, ref_logps, mask, kl_coef)
         advantages, returns = self.loss_fn.advantages(rewards, old_values, mask)
 
-        from zoo.losses.ppo_math import explained_variance
-
         seq_kl = (old_logps - ref_logps).mul(mask).sum(1)  # (N,) k1 per sequence, TRL's objective/kl
         metrics = {
             "objective/kl": seq_kl.mean().item(),
@@ -211,12 +213,10 @@ class Experience:
 
     def minibatches(self, rollout: dict, index: int, kl_coef: float):
         """``ppo_epochs`` seeded shuffles of the rollout, cut into micro-batches of ``batch_size`` rows."""
-        import random
-
         n = rollout["input_ids"].shape[0]
         for epoch in range(self.settings.ppo_epochs):
             order = list(range(n))
-            random.Random(f"{self.seed}-{index}-{epoch}").shuffle(order)
+            random.Random(f"{self.process_seed}-{index}-{epoch}").shuffle(order)
             for lo in range(0, n - self.micro_batch + 1, self.micro_batch):
                 rows = torch.tensor(order[lo:lo + self.micro_batch])
                 micro = {k: v[rows] for k, v in rollout.items()}

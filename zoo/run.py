@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 import resource
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from peft import LoraConfig
 
 from zoo import stages
 from zoo.data.collate import COLLATORS
@@ -27,8 +26,19 @@ from zoo.data.load import load_rows, read_hub, read_rows, tokenize_rows
 from zoo.data.schema import DataError
 from zoo.evaluate import evaluate, evaluate_reward_model
 from zoo.losses.base import PreferenceLoss
-from zoo.models import (ActorCritic, Reference, add_adapter_from, adapter_reward_model, apply_lora, is_adapter_dir,
-                        load_causal_lm, load_reward_model, load_tokenizer, value_model)
+from zoo.models import (
+    ActorCritic,
+    Reference,
+    adapter_reward_model,
+    add_adapter_from,
+    add_fresh_adapter,
+    apply_lora,
+    is_adapter_dir,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    value_model,
+)
 from zoo.rollout import Experience, RewardScorer
 from zoo.trainer import DatasetBatches, fit
 
@@ -136,38 +146,42 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     adapter ``reward`` (+ head); a full reward model stays a separate frozen model.
     """
     m, algo = cfg.model, cfg.algo
-    reward_path = algo.reward_model or str(stages.reward_stage(cfg, Path(reference_path), Path(
-        stages.preference_stage(cfg, Path(reference_path), Path(cfg.data.prompts_path)))))
+    if algo.reward_model:
+        reward_path = algo.reward_model
+    elif cfg.data.preference_stage and cfg.data.prompts_path:
+        pairs = stages.preference_stage(cfg, Path(reference_path), Path(cfg.data.prompts_path))
+        reward_path = str(stages.reward_stage(cfg, Path(reference_path), Path(pairs)))
+    else:
+        raise DataError(f"algo={algo.name} needs a reward model: set algo.reward_model=DIR (a trained reward model, "
+                        f"e.g. the model/ dir of an algo=reward run), or use data with a preference stage (data=world)")
+    if algo.value_init not in ("reward", "reference"):
+        raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
+    if is_adapter_dir(reward_path) and not cfg.peft.enabled:
+        raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
+    if cfg.peft.enabled and algo.value_init == "reward" and not is_adapter_dir(reward_path):
+        raise ValueError(f"algo.value_init=reward under peft=lora starts the value adapter from a LoRA reward model, "
+                         f"but {reward_path} is a full model: set algo.value_init=reference")
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
     hidden = policy.config.hidden_size
     shared = policy if cfg.peft.enabled else None
     if is_adapter_dir(reward_path):
-        if shared is None:
-            raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
         reward = adapter_reward_model(policy, reward_path, hidden)
         score_fn = reward.scores
     else:
         reward_lm = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
         reward_lm.eval().requires_grad_(False)
-        score_fn = lambda ids, mask: reward_lm(input_ids=ids, attention_mask=mask).logits.squeeze(-1)  # noqa: E731
+        score_fn = lambda ids, mask: reward_lm(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
         reward = reward_lm
-    if algo.value_init not in ("reward", "reference"):
-        raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
-    if shared is not None:
-        if algo.value_init == "reward" and is_adapter_dir(reward_path):
-            add_adapter_from(policy, reward_path, "value", trainable=True)  # the RM's adapter, new zero head
-        else:
-            p = cfg.peft
-            policy.add_adapter("value", LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                                                   target_modules=p.target_modules, task_type="CAUSAL_LM"))
-            for name, param in policy.named_parameters():
-                if ".value." in name:
-                    param.requires_grad_(True)
+    if shared is not None and algo.value_init == "reward":
+        add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
+    elif shared is not None:
+        p = cfg.peft
+        add_fresh_adapter(policy, "value", p.r, p.alpha, p.dropout, p.target_modules)
     value = value_model(reward_path if algo.value_init == "reward" else reference_path, hidden, m.dtype,
                         m.trust_remote_code, shared=shared)
-    model = ActorCritic(policy, value)
+    model = ActorCritic(policy, value, checkpoint_value=algo.value_checkpointing)
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
-    scorer = RewardScorer(score_fn, scorer_tokenizer, cfg.data.max_length, algo.rollout.forward_batch_size)
+    scorer = RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, algo.rollout.forward_batch_size)
     gold_fn = None
     if cfg.data.world_metrics:
         from zoo.world.gold import gold_reward as gold_fn
@@ -181,7 +195,6 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     stage_info = Path(reward_path).parent / "stage.json"
     if stage_info.exists():
         info["reward_model_stage"] = {k: v for k, v in json.loads(stage_info.read_text()).items() if k.startswith("rm_")}
-    del reward  # kept alive by score_fn / the shared model
     return Built(model, policy, reference, online_source, info)
 
 
@@ -279,6 +292,5 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         eval_metrics, samples = EVALUATORS[kind](cfg, policy, reference, tokenizer, eval_items)
         out.update(eval_metrics)
         with open(run_dir / "samples.jsonl", "w") as f:
-            for row in samples:
-                f.write(json.dumps(row) + "\n")
+            f.writelines(json.dumps(row) + "\n" for row in samples)
     return out
