@@ -11,7 +11,7 @@ from zoo.config import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "zoo" / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
-EXPECTED_YAML_FILES = 19  # update when a config is added: the glob must not silently find nothing
+EXPECTED_YAML_FILES = 22  # update when a config is added: the glob must not silently find nothing
 
 
 def compose_train(overrides=()):
@@ -66,3 +66,9 @@ def test_algo_ppo_brings_its_trainer_preset_and_the_command_line_still_wins():
     assert compose_train(["algo=dpo"]).trainer.max_steps == 250
     assert compose_train(["algo=ppo", "trainer=cpu_smoke"]).trainer.max_steps == 3
     assert compose_train(["algo=ppo", "trainer.learning_rate=1e-6"]).trainer.learning_rate == 1e-6
+
+
+def test_algo_orpo_brings_its_trainer_preset():
+    """ORPO replaces SFT + preference step in one stage from the base model: its own steps and lr."""
+    cfg = compose_train(["algo=orpo"])
+    assert (cfg.trainer.max_steps, cfg.trainer.learning_rate, cfg.algo.init) == (500, 3e-4, "base")

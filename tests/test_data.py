@@ -110,3 +110,54 @@ def test_reward_eval_keeps_rows_aligned_when_a_pair_is_skipped():
     metrics, rows = evaluate_reward_model(model, tokenizer, pairs, max_length=16, batch_size=2)
     assert metrics["num_eval_pairs"] == 2 and [r["chosen_gold"] for r in rows] == [0.5, 0.2]
     assert metrics["labels_accuracy_vs_gold"] == 1.0
+
+
+# --- unpaired data (KTO) ---
+
+
+def test_unpaired_rows_need_a_boolean_label(tmp_path):
+    rows = [{"prompt": "The plot was", "completion": " great.", "label": True},
+            {"prompt": "The plot was", "completion": " awful.", "label": "no"}]
+    path = write_jsonl(tmp_path / "kto.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_rows("unpaired", str(path), read_rows(path))
+    assert "row 1" in str(err.value) and "'label'" in str(err.value) and "true or false" in str(err.value)
+    with pytest.raises(DataError, match="field 'label' is missing"):
+        load_rows("unpaired", "x.jsonl", [{"prompt": "a", "completion": "b"}])
+
+
+def test_paired_rows_are_unpaired_and_errors_name_the_original_row():
+    """Each pair becomes (prompt, chosen, True) then (prompt, rejected, False); implicit prompts work too."""
+    rows, skipped = load_rows("unpaired", "p.jsonl", [GOOD, {"chosen": "The plot was fine.",
+                                                            "rejected": "The plot was bad."}])
+    assert skipped == 0 and [(r["completion"], r["label"]) for r in rows] == [
+        (" great.", True), (" awful.", False), (" fine.", True), (" bad.", False)]
+    assert rows[2]["prompt"] == rows[3]["prompt"] == "The plot was"
+    with pytest.raises(DataError, match="row 1: field 'rejected'"):
+        load_rows("unpaired", "p.jsonl", [GOOD, {"prompt": "a", "chosen": "b", "rejected": ""}])
+
+
+def test_unpaired_collator_stacks_examples_then_shifted_kl_rows():
+    """Rows (x_i, y_i) for i = 0..2 -> examples x0y0, x1y1, x2y2, then KL rows x0y2, x1y0, x2y1 (TRL's shift)."""
+    from zoo.data.collate import UnpairedCollator
+
+    rows = [{"prompt_ids": [10 + i], "completion_ids": [20 + i, 2], "label": i != 1} for i in range(3)]
+    batch = UnpairedCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[10, 20, 2], [11, 21, 2], [12, 22, 2], [10, 22, 2], [11, 20, 2], [12, 21, 2]]
+    assert batch["completion_mask"].tolist() == [[0, 1, 1]] * 6
+    assert batch["labels"].tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        UnpairedCollator(0)(rows[:1])
+
+
+def test_keep_desirable_makes_an_imbalanced_split():
+    """10 pairs unpaired -> 10 desirable + 10 undesirable; fraction 0.1 keeps 1 desirable and all 10 undesirable,
+    in the original order, the same rows for the same seed."""
+    from zoo.run import keep_desirable
+
+    rows, _ = load_rows("unpaired", "p", [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(10)])
+    kept = keep_desirable(rows, 0.1, seed=0)
+    assert sum(r["label"] for r in kept) == 1 and sum(not r["label"] for r in kept) == 10
+    assert kept == [r for r in rows if r in kept] and kept == keep_desirable(rows, 0.1, seed=0)
+    with pytest.raises(ValueError, match="desirable_fraction"):
+        keep_desirable(rows, 0.0, seed=0)

@@ -47,13 +47,21 @@ def check_run_dir(run_dir, algo):
     return metrics, log
 
 
-@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo"])  # ppo: test_ppo_runs
+@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo", "kto", "orpo"])  # ppo: test_ppo_runs
 def test_each_algorithm_runs(algo, cache, tmp_path):
     zoo("train", f"algo={algo}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     metrics, log = check_run_dir(tmp_path, algo)
-    if algo != "sft":
+    if algo in ("dpo", "ipo", "orpo"):
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected"} <= set(log[0])
+    if algo == "orpo":
+        assert {"log_odds_ratio", "log_odds_chosen", "nll_loss"} <= set(log[0])
+        assert metrics["policy_init"] != metrics["reference"]  # ORPO starts from the base model, not the SFT policy
+    if algo == "kto":
+        assert "kl" in log[0] and ({"rewards/chosen", "rewards/rejected"} & set(log[0]))
+    if algo in ("dpo", "ipo", "kto"):
+        assert metrics["policy_init"] == metrics["reference"]
+    if algo != "sft":
         assert (tmp_path / "checkpoints" / "step_2").is_dir()
     assert (tmp_path / "model" / "model.safetensors").exists()
 

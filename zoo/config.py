@@ -60,6 +60,7 @@ class DataConfig:
     max_length: int = 128  # prompt + completion tokens; longer sequences are truncated at the end
     max_rows: int | None = None  # use at most this many training rows
     skip_bad_rows: bool = False  # drop invalid rows (counted in metrics) instead of failing
+    desirable_fraction: float = 1.0  # unpaired losses (KTO): keep this seeded fraction of the desirable rows
     sft_stage: bool = False  # build the reference by SFT of the model on the demonstrations (cached)
     preference_stage: bool = False  # collect pairs from the reference, labelled by `feedback` (cached)
     world_metrics: bool = False  # score samples with the world's gold reward and grammar

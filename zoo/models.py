@@ -128,10 +128,13 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
 
 
 def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0) -> SequenceLogps:
-    """Completion log-probs of a collated batch (see ``zoo.data.collate``)."""
+    """Completion log-probs of a collated batch (see ``zoo.data.collate``), plus every real token's
+    (ORPO's NLL covers the prompt too, as TRL's) and the batch's labels if it has them (KTO)."""
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # shift: token t is predicted at position t-1
-    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature) * mask
-    return SequenceLogps(token_logps=logps, completion_mask=mask)
+    token_mask = batch["attention_mask"][:, 1:].to(torch.float32)
+    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature)
+    return SequenceLogps(token_logps=logps * mask, completion_mask=mask, labels=batch.get("labels"),
+                         all_token_logps=logps * token_mask, token_mask=token_mask)
 
 
 def sequence_scores(model: nn.Module, batch: dict) -> SequenceScores:

@@ -76,7 +76,7 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: 
     data = cfg.data
     if kind == "prompts" and data.prompts_path:
         source = data.prompts_path
-    elif kind == "pairs" and data.preference_stage:
+    elif kind in ("pairs", "unpaired") and data.preference_stage:
         source = str(stages.preference_stage(cfg, Path(reference_path), Path(data.prompts_path)))
     elif kind == "demonstrations" and data.demonstrations_path:
         source = data.demonstrations_path
@@ -92,9 +92,21 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: 
         eval_items = rows[len(rows) - held:] if held else []
         eval_items = eval_items if eval_on_rows else [r["prompt"] for r in eval_items]
         rows = rows[: len(rows) - held]
+    if kind == "unpaired" and data.desirable_fraction < 1.0:
+        rows = keep_desirable(rows, data.desirable_fraction, cfg.seed)
     if data.max_rows:
         rows = rows[: data.max_rows]
     return rows, eval_items[: cfg.eval.num_prompts], source, skipped
+
+
+def keep_desirable(rows: list[dict], fraction: float, seed: int) -> list[dict]:
+    """All undesirable rows and a seeded ``fraction`` of the desirable ones, in their original order
+    (KTO's imbalanced-data setting, e.g. 1:10 from paired data with fraction 0.1)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.desirable_fraction must be in (0, 1], got {fraction}")
+    desirable = [i for i, r in enumerate(rows) if r["label"]]
+    kept = set(random.Random(seed).sample(desirable, max(1, round(fraction * len(desirable))))) if desirable else set()
+    return [r for i, r in enumerate(rows) if not r["label"] or i in kept]
 
 
 @dataclass
@@ -262,6 +274,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     policy, reference = built.policy, built.reference
     tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
                                      cfg.data.skip_bad_rows)
+    warnings = loss_fn.data_warnings(tokens)
+    for warning in warnings:
+        print(f"[zoo] warning: {warning}")
     if built.online_source is not None:  # the loss learns from samples of the model being trained
         batches = built.online_source(loss_fn, [rows[t["row"]]["prompt"] for t in tokens])
     else:
@@ -283,7 +298,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
         "peak_memory_mb": peak, "peak_memory_source": peak_source, "memory_before_models_mb": memory_before_models,
         "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
-        "reference": reference_path, "final_log": result.last_log, **built.info,
+        "reference": reference_path, "policy_init": init_path, "final_log": result.last_log, "warnings": warnings, **built.info,
     }
 
     # --- evaluate on held-out data (prompts for a policy, pairs for a reward model) ---

@@ -2,7 +2,8 @@
 
 Every batch kind produces the same three tensors, so the trainer computes log-probabilities one way:
 ``input_ids`` (N, T), ``attention_mask`` (N, T), ``completion_mask`` (N, T). Paired batches stack
-the B chosen sequences on top of the B rejected ones (N = 2B) for one forward pass. Over-long
+the B chosen sequences on top of the B rejected ones (N = 2B) for one forward pass; unpaired (KTO)
+batches stack the examples on top of their mismatched KL rows and add ``labels``. Over-long
 sequences are truncated keeping the start (TRL's default ``truncation_mode="keep_start"``).
 """
 
@@ -57,4 +58,25 @@ class PairCollator:
         return _sequences(prompts + prompts, completions, self.pad_token_id, self.max_length)
 
 
-COLLATORS = {"demonstrations": DemonstrationCollator, "pairs": PairCollator}
+@dataclass
+class UnpairedCollator:
+    """Unpaired rows (KTO) -> 2N sequences plus ``labels`` (N,) bool: the N examples (x_i, y_i), then N
+    mismatched rows (x_i, y_{i-1}), wrapping around, whose log-ratios estimate KTO's reference point.
+    The shift by one matches TRL's KL dataset (completions shifted by one within a batch)."""
+
+    pad_token_id: int
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if len(rows) < 2:
+            raise ValueError("an unpaired (KTO) batch needs at least 2 rows: the KL rows pair each prompt with "
+                             "another row's completion; raise trainer.batch_size")
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = [r["completion_ids"] for r in rows]
+        shifted = completions[-1:] + completions[:-1]  # y_{i-1} for x_i
+        batch = _sequences(prompts + prompts, completions + shifted, self.pad_token_id, self.max_length)
+        batch["labels"] = torch.tensor([bool(r["label"]) for r in rows])
+        return batch
+
+
+COLLATORS = {"demonstrations": DemonstrationCollator, "pairs": PairCollator, "unpaired": UnpairedCollator}

@@ -76,8 +76,30 @@ def to_schema(rows: list[dict], kind: str) -> list[dict]:
     return out
 
 
+def is_paired(rows: list) -> bool:
+    """True when the first row is a preference pair (has ``chosen`` and ``rejected``)."""
+    return bool(rows) and isinstance(rows[0], dict) and "chosen" in rows[0] and "rejected" in rows[0]
+
+
+def unpair(rows: list[dict]) -> list[dict]:
+    """Paired rows -> unpaired ones (TRL's ``unpair_preference_dataset``, row by row): each pair gives
+    (prompt, chosen, label=True) then (prompt, rejected, label=False); other fields are kept."""
+    out = []
+    for row in rows:
+        rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+        out.append({**rest, "completion": row["chosen"], "label": True})
+        out.append({**rest, "completion": row["rejected"], "label": False})
+    return out
+
+
 def load_rows(kind: str, source: str, rows: list[dict], skip_bad_rows: bool = False) -> tuple[list[dict], int]:
-    """Convert and validate ``rows`` (from ``source``) for ``kind``; returns (rows, number skipped)."""
+    """Convert and validate ``rows`` (from ``source``) for ``kind``; returns (rows, number skipped).
+
+    Paired data for an unpaired loss is validated as pairs (so errors name the file's own rows) and
+    then unpaired."""
+    if kind == "unpaired" and is_paired(rows):
+        pairs, skipped = validate_rows(to_schema(rows, "pairs"), "pairs", source, skip_bad_rows)
+        return unpair(pairs), skipped
     return validate_rows(to_schema(rows, kind), kind, source, skip_bad_rows)
 
 
@@ -93,6 +115,9 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
         elif kind == "prompts":  # online losses: the completion is sampled during training
             prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
             item = {"row": i, "prompt_ids": prompt_ids}
+        elif kind == "unpaired":
+            prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
+            item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": row["label"]}
         else:
             prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
             item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}

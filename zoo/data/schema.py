@@ -6,6 +6,8 @@ Schemas (the column names TRL and the hub use; values are strings, or lists of
 - ``pairs``: prompt, chosen, rejected (an implicit prompt is split off by the loader first)
 - ``demonstrations``: prompt, completion
 - ``prompts``: prompt
+- ``unpaired`` (KTO): prompt, completion, label (bool: True = desirable); paired rows are unpaired
+  by the loader (chosen -> True, rejected -> False)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "pairs": ("prompt", "chosen", "rejected"),
     "demonstrations": ("prompt", "completion"),
     "prompts": ("prompt",),
+    "unpaired": ("prompt", "completion", "label"),
 }
 
 
@@ -24,9 +27,11 @@ class DataError(ValueError):
 
 
 def _field_problem(value: Any, field: str) -> str | None:
-    """Why ``value`` is not a valid text field, or None if it is."""
+    """Why ``value`` is not a valid text field (or, for ``label``, a bool), or None if it is."""
     if value is None:
         return "is missing (null)"
+    if field == "label":
+        return None if isinstance(value, bool) else f"must be true or false, got {type(value).__name__} ({value!r:.80})"
     if isinstance(value, str):
         # The prompt may legitimately be empty (unconditional generation); completions may not.
         if field != "prompt" and not value.strip():

@@ -3,9 +3,11 @@
 from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, SequenceScores
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ipo import IPOLoss
+from zoo.losses.kto import KTOLoss
+from zoo.losses.orpo import ORPOLoss
 from zoo.losses.ppo import PPOLoss
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 
 __all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
-           "PPOLoss", "SFTLoss"]
+           "KTOLoss", "ORPOLoss", "PPOLoss", "SFTLoss"]

@@ -34,6 +34,9 @@ class SequenceLogps:
 
     token_logps: torch.Tensor  # (N, T-1) log p(x_t | x_<t), zero outside the completion
     completion_mask: torch.Tensor  # (N, T-1) 1 on completion tokens (shifted to align with token_logps)
+    labels: torch.Tensor | None = None  # unpaired (KTO) batches: (N/2,) bool, True = desirable
+    all_token_logps: torch.Tensor | None = None  # (N, T-1) log-probs of every real token, prompt included
+    token_mask: torch.Tensor | None = None  # (N, T-1) 1 on every real (non-pad) predicted token
 
     @property
     def logps(self) -> torch.Tensor:
@@ -72,6 +75,10 @@ class PreferenceLoss(nn.Module):
 
     def forward(self, policy, reference) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
+
+    def data_warnings(self, rows: list[dict]) -> list[str]:
+        """Warnings about the training rows for this loss (e.g. KTO's class balance); none by default."""
+        return []
 
 
 def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
