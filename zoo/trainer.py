@@ -98,6 +98,23 @@ def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
+def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each metric's mean over all its values on all processes. Processes may report different keys or
+    numbers of values (KTO's chosen metrics exist only where a batch has desirable rows), so (sum, count)
+    pairs are gathered as objects and merged, rather than tensors of matching shapes."""
+    local = {}
+    for name, value in metrics.items():
+        flat = value.detach().float().reshape(-1)
+        local[name] = (flat.sum().item(), flat.numel())
+    parts = accelerator.gather_object([local]) if accelerator.num_processes > 1 else [local]
+    sums, counts = defaultdict(float), defaultdict(int)
+    for part in parts:
+        for name, (total, count) in part.items():
+            sums[name] += total
+            counts[name] += count
+    return {name: sums[name] / counts[name] for name in sums if counts[name]}
+
+
 def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerConfig, run_dir: str | Path,
         seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
@@ -168,9 +185,7 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerCo
             scheduler.step()
             optimizer.zero_grad()
 
-        metrics = {"loss": accelerator.gather(loss.detach()).mean().item(), **batch.get("metrics", {})}
-        for name, value in out.metrics.items():
-            metrics[name] = accelerator.gather(value.detach().float().reshape(-1)).mean().item()
+        metrics = {**_gathered_means(accelerator, {"loss": loss.detach(), **out.metrics}), **batch.get("metrics", {})}
         window.append(metrics)
         if not accelerator.sync_gradients:
             continue
