@@ -118,7 +118,7 @@ class Built:
     policy: torch.nn.Module
     reference: Reference | None
     online_source: Callable[[PreferenceLoss, list], object] | None = None  # (loss, prompts) -> batch source
-    info: dict = field(default_factory=dict)  # extra metrics for metrics.json
+    info: dict = field(default_factory=dict)  # extra metrics for metrics.json (+ "stage_seconds" the builder spent)
 
 
 def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
@@ -158,6 +158,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     adapter ``reward`` (+ head); a full reward model stays a separate frozen model.
     """
     m, algo = cfg.model, cfg.algo
+    stage_started = time.perf_counter()
     if algo.reward_model:
         reward_path = algo.reward_model
     elif cfg.data.preference_stage and cfg.data.prompts_path:
@@ -173,6 +174,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     if cfg.peft.enabled and algo.value_init == "reward" and not is_adapter_dir(reward_path):
         raise ValueError(f"algo.value_init=reward under peft=lora starts the value adapter from a LoRA reward model, "
                          f"but {reward_path} is a full model: set algo.value_init=reference")
+    stage_seconds = time.perf_counter() - stage_started  # the reward stage, when not cached yet
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
     hidden = policy.config.hidden_size
     shared = policy if cfg.peft.enabled else None
@@ -202,7 +204,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
         return Experience(loss_fn, policy, value, reference, scorer, tokenizer, prompts, algo.rollout,
                           cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
 
-    info = {"reward_model": reward_path, "value_init": algo.value_init,
+    info = {"reward_model": reward_path, "value_init": algo.value_init, "stage_seconds": stage_seconds,
             "reward_model_shares_base": shared is not None and is_adapter_dir(reward_path)}
     stage_info = Path(reward_path).parent / "stage.json"
     if stage_info.exists():
@@ -272,6 +274,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
     built = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
     policy, reference = built.policy, built.reference
+    stage_seconds += built.info.pop("stage_seconds", 0.0)  # stages a builder needed (PPO's reward model)
     tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
                                      cfg.data.skip_bad_rows)
     warnings = loss_fn.data_warnings(tokens)
