@@ -23,7 +23,7 @@ class StubLM(torch.nn.Module):
         self.label_ids, self.a, self.b = label_ids, a, b
         self.calls = 0
 
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
         self.calls += 1
         logits = torch.zeros(*input_ids.shape, 4000)
         logits[:, -1, self.label_ids[0]] = self.a

@@ -235,6 +235,7 @@ def value_model(init_path: str, hidden_size: int, dtype: str = "float32", trust_
         trunk = AutoModel.from_pretrained(init_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                           use_safetensors=True)
         disable_dropout(trunk)
+        hidden_size = trunk.config.hidden_size  # an RM of another architecture than the policy: its own width
     value = ScalarHead(trunk, hidden_size, shared=shared, adapter="value" if shared is not None else None)
     nn.init.zeros_(value.head.weight)
     nn.init.zeros_(value.head.bias)

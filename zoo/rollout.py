@@ -8,6 +8,7 @@ Each completion is cut after its first EOS; ``ended`` records whether it produce
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ class Experience:
         self.kl_controller = loss_fn.kl_controller()
         self.score_mean: float | None = None  # RM-score normalisation, fixed on the first rollout
         self.score_std: float | None = None
+        self.autocast = contextlib.nullcontext  # replaced by the accelerator's in ``batches``
 
     # --- checkpointed state (accelerate ``register_for_checkpointing``) ---
 
@@ -142,6 +144,8 @@ class Experience:
         if start % per_rollout:
             raise ValueError(f"cannot resume PPO mid-rollout (micro-batch {start} of {per_rollout} per rollout)")
         self.scorer.module.to(accelerator.device)
+        self.reference.to(accelerator.device)  # fit moves it only for losses that declare needs_reference
+        self.autocast = accelerator.autocast  # old log-probs / values in the same precision as the update
         self.process_seed = self.seed + 7919 * accelerator.process_index  # = seed on a single process
         return self._generate(accelerator.device, start // per_rollout, (end - start) // processes)
 
@@ -172,12 +176,13 @@ class Experience:
         # old log-probs, reference log-probs and values, in chunks (no grad)
         old, ref, values = [], [], []
         self.policy.eval()
-        for lo in range(0, len(rows), s.forward_batch_size):
-            chunk = {k: v[lo:lo + s.forward_batch_size] for k, v in seqs.items()}
-            old.append(sequence_logps(self.policy, chunk, s.temperature).token_logps)
-            with self.reference.model(self.policy) as ref_model:
-                ref.append(sequence_logps(ref_model, chunk, s.temperature).token_logps)
-            values.append(self.value(chunk["input_ids"], chunk["attention_mask"])[:, :-1])
+        with self.autocast():
+            for lo in range(0, len(rows), s.forward_batch_size):
+                chunk = {k: v[lo:lo + s.forward_batch_size] for k, v in seqs.items()}
+                old.append(sequence_logps(self.policy, chunk, s.temperature).token_logps)
+                with self.reference.model(self.policy) as ref_model:
+                    ref.append(sequence_logps(ref_model, chunk, s.temperature).token_logps)
+                values.append(self.value(chunk["input_ids"], chunk["attention_mask"])[:, :-1])
         self.policy.train()
         old_logps, ref_logps, old_values = torch.cat(old), torch.cat(ref), torch.cat(values).float() * mask
 

@@ -169,6 +169,9 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
                         f"e.g. the model/ dir of an algo=reward run), or use data with a preference stage (data=world)")
     if algo.value_init not in ("reward", "reference"):
         raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
+    if cfg.peft.enabled and cfg.peft.dropout > 0:
+        raise ValueError(f"PPO needs peft.dropout=0 (got {cfg.peft.dropout}): old log-probs are taken without "
+                         f"dropout, so dropout in the update would make the ratio differ from 1 at the first step")
     if is_adapter_dir(reward_path) and not cfg.peft.enabled:
         raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
     if cfg.peft.enabled and algo.value_init == "reward" and not is_adapter_dir(reward_path):

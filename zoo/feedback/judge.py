@@ -113,7 +113,9 @@ class LMJudge:
         for start in range(0, len(todo), self.batch_size):
             chunk = [texts[i] for i in todo[start:start + self.batch_size]]
             enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            logits = self.model(**enc, use_cache=False).logits[:, -1].float()  # (B, V) next token after the input
+            # left padding: positions count from each row's first real token (absolute-position models care)
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**enc, position_ids=positions, use_cache=False).logits[:, -1].float()  # (B, V)
             p_a = torch.softmax(logits[:, self.label_ids], dim=-1)[:, 0]  # (B,)
             for i, p in zip(todo[start:start + self.batch_size], p_a.tolist()):
                 self.cache[keys[i]] = p
