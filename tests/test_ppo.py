@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 
@@ -17,6 +16,7 @@ from zoo.models import (
     ScalarHead,
     active_adapter,
     adapter_reward_model,
+    add_fresh_adapter,
     apply_lora,
     load_causal_lm,
     load_reward_model,
@@ -237,11 +237,7 @@ def lora_policy() -> torch.nn.Module:
 def actor_critic():
     """As ``zoo.run.build_actor_critic`` under peft=lora: adapter "default" the policy, "value" the value trunk."""
     policy = lora_policy()
-    policy.add_adapter("value", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
-                                           task_type="CAUSAL_LM"))
-    for name, param in policy.named_parameters():
-        if ".value." in name:
-            param.requires_grad_(True)
+    add_fresh_adapter(policy, "value", 4, 8, 0.0, "all-linear")
     value = value_model(MODEL, policy.config.hidden_size, shared=policy)
     return policy, value, ActorCritic(policy, value)
 

@@ -99,12 +99,18 @@ def trl_first_step(loss_type: str, tmp_path) -> dict:
     return trainer.state.log_history[0]
 
 
+def assert_same_metrics(ours: dict, theirs: dict, keys: tuple[str, ...]) -> None:
+    """Every key within TOL relative (1e-6 absolute near zero) between zoo's and TRL's first logged step."""
+    for key in keys:
+        assert ours[key] == pytest.approx(theirs[key], rel=TOL, abs=1e-6), (key, ours[key], theirs[key])
+
+
 @pytest.mark.parametrize("loss_type, loss_fn", [("sigmoid", DPOLoss(beta=BETA)), ("ipo", IPOLoss(beta=BETA))])
 def test_first_step_matches_trl(loss_type, loss_fn, tmp_path):
     ours = zoo_first_step(loss_fn, tmp_path)
     theirs = trl_first_step(loss_type, tmp_path)
-    for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "rewards/chosen", "rewards/accuracies"):
-        assert ours[key] == pytest.approx(theirs[key], rel=TOL, abs=1e-6), (key, ours[key], theirs[key])
+    assert_same_metrics(ours, theirs, ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "rewards/chosen",
+                                       "rewards/accuracies"))
     assert abs(theirs["rewards/margins"]) > 1e-3  # the comparison is not between two zeros
 
 
@@ -148,9 +154,8 @@ def trl_kto_first_step(tmp_path) -> dict:
 def test_kto_first_step_matches_trl(tmp_path):
     ours = zoo_kto_first_step(tmp_path)
     theirs = trl_kto_first_step(tmp_path)
-    for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
-                "logps/rejected"):
-        assert ours[key] == pytest.approx(theirs[key], rel=TOL, abs=1e-6), (key, ours[key], theirs[key])
+    assert_same_metrics(ours, theirs, ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                       "logps/chosen", "logps/rejected"))
     assert theirs["kl"] > 1e-3  # z0 is not clamped to 0 on both sides: the mismatched pairs are really compared
     assert abs(theirs["rewards/margins"]) > 1e-3
 
@@ -186,7 +191,7 @@ def trl_orpo_first_step(tmp_path) -> dict:
 def test_orpo_first_step_matches_trl(tmp_path):
     ours = zoo_orpo_first_step(tmp_path)
     theirs = trl_orpo_first_step(tmp_path)
-    for key in ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
-                "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
-        assert ours[key] == pytest.approx(theirs[key], rel=TOL, abs=1e-6), (key, ours[key], theirs[key])
+    assert_same_metrics(ours, theirs, ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
+                                       "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                                       "logps/rejected"))
     assert abs(theirs["log_odds_chosen"]) > 1e-3

@@ -81,6 +81,11 @@ def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float3
     return model
 
 
+def _lora_targets(target_modules: list[str] | str) -> list[str] | str:
+    """peft's ``target_modules``: a plain list (Hydra gives a ListConfig) or a string such as "all-linear"."""
+    return list(target_modules) if not isinstance(target_modules, str) else target_modules
+
+
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
                quantized: bool = False, task_type: str = "CAUSAL_LM") -> nn.Module:
     """Wrap ``model`` with fresh LoRA adapters; only the adapters (and, for SEQ_CLS, the head) train."""
@@ -88,8 +93,8 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
 
     if quantized:
         model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
-                        if not isinstance(target_modules, str) else target_modules, task_type=task_type)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_lora_targets(target_modules),
+                        task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -247,6 +252,13 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def _set_adapter_trainable(peft_model: nn.Module, name: str, trainable: bool) -> None:
+    """``requires_grad`` on adapter ``name``'s parameters only (peft's add_adapter leaves new ones frozen)."""
+    for param_name, param in peft_model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(trainable)
+
+
 def add_adapter_from(peft_model: nn.Module, adapter_dir: str | Path, name: str, trainable: bool) -> dict:
     """Load the LoRA weights saved in ``adapter_dir`` (e.g. a SEQ_CLS reward model trained on the same
     base) into ``peft_model`` as adapter ``name``; returns the saved tensors that are not LoRA weights
@@ -266,9 +278,7 @@ def add_adapter_from(peft_model: nn.Module, adapter_dir: str | Path, name: str, 
     if missing or result.unexpected_keys:
         raise ValueError(f"{adapter_dir}: adapter does not fit this model (missing {missing[:3]}, "
                          f"unexpected {list(result.unexpected_keys)[:3]})")
-    for param_name, param in peft_model.named_parameters():
-        if f".{name}." in param_name:
-            param.requires_grad_(trainable)
+    _set_adapter_trainable(peft_model, name, trainable)
     return rest
 
 
@@ -277,12 +287,9 @@ def add_fresh_adapter(peft_model: nn.Module, name: str, r: int, alpha: int, drop
     """A new trainable LoRA adapter ``name`` on ``peft_model`` (B = 0: it starts as the base itself)."""
     from peft import LoraConfig
 
-    targets = list(target_modules) if not isinstance(target_modules, str) else target_modules
-    peft_model.add_adapter(name, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                                            task_type="CAUSAL_LM"))
-    for param_name, param in peft_model.named_parameters():
-        if f".{name}." in param_name:
-            param.requires_grad_(True)
+    peft_model.add_adapter(name, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=_lora_targets(target_modules), task_type="CAUSAL_LM"))
+    _set_adapter_trainable(peft_model, name, True)
 
 
 def adapter_reward_model(peft_model: nn.Module, adapter_dir: str | Path, hidden_size: int) -> ScalarHead:

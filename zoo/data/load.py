@@ -115,12 +115,11 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
         elif kind == "prompts":  # online losses: the completion is sampled during training
             prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
             item = {"row": i, "prompt_ids": prompt_ids}
-        elif kind == "unpaired":
-            prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
-            item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": row["label"]}
-        else:
+        else:  # demonstrations, and unpaired rows (the same plus their label)
             prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
             item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}
+            if kind == "unpaired":
+                item["label"] = row["label"]
         if max_length is not None and len(prompt_ids) >= max_length:
             if skip_bad_rows:
                 skipped += 1
