@@ -10,8 +10,10 @@ USAGE = """usage: zoo <command> [args]
 
 commands:
   train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
-  world build [--out DIR] [--quick]
-                        regenerate the embedded world's assets deterministically
+  label [--input FILE] [--out FILE] [overrides]
+                        label pairs with a feedback source (feedback=judge ...) into a preference dataset
+  world build [--out DIR] [--quick] [--judge-only]
+                        regenerate the embedded world's assets (base model, data, judge) deterministically
 """
 
 _failures: list[str] = []
@@ -79,6 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         _train_main()
         if _failures:
             print(_error(f"{len(_failures)} run(s) failed: {', '.join(_failures)}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "label":
+        from zoo.label import main as label_main
+
+        _quiet_libraries()
+        try:
+            label_main(rest)
+        except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
             raise SystemExit(1)
     elif command == "world" and rest[:1] == ["build"]:
         from zoo.world.build import main as build_main

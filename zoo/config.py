@@ -38,6 +38,9 @@ class AlgoConfig:
     reward_model: str | None = None  # a trained RM dir (full model or LoRA adapter); null: the cached reward stage
     value_init: str = "reward"  # the value model's trunk: "reward" (the RM, Huang et al.) or "reference" (SFT)
     value_checkpointing: bool = False  # recompute the value trunk in backward: less memory, ~15% more update compute
+    # online AI feedback (Guo et al. 2024): each step's pairs are sampled from the policy being trained
+    # (algo.rollout.max_new_tokens / temperature) and labelled by `feedback`; paired losses only
+    online_feedback: bool = False
 
 
 @dataclass
@@ -107,6 +110,9 @@ class EvalConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0  # 1.0 samples the policy itself, so the KL estimate is unbiased
     batch_size: int = 128
+    # off the world, a feedback source that is an LM judge also measures judge_win_rate_vs_ref (the
+    # world always does, with its own judge)
+    judge_with_feedback: bool = True
 
 
 @dataclass
@@ -152,6 +158,15 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     seed: int = 0
+
+
+def compose_train_config(overrides: list[str]):
+    """The ``zoo train`` config for ``overrides``, composed without starting a Hydra run (``zoo label``)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
 
 
 def register_configs() -> None:

@@ -6,6 +6,8 @@ On held-out prompts, one sample per prompt from the policy and one from the refe
 - ``kl_to_ref``: sequence-level KL(pi || pi_ref), Monte-Carlo over policy samples:
   mean over prompts of sum_t [log pi(y_t|.) - log pi_ref(y_t|.)] (unbiased at temperature 1);
 - ``win_rate_vs_ref``: fraction of prompts where the policy's sample has the higher gold reward (ties 1/2);
+- ``judge_win_rate_vs_ref``: the same comparison made by an LM judge (both orders averaged, ties 1/2), so
+  a method's win rate as its AI labeler sees it sits next to the gold one; ``judge_position_bias`` too;
 - ``mean_length`` (completion tokens), ``distinct_2`` (distinct word bigrams / all bigrams),
   ``fluency`` (world: fraction of grammatical prompt + completion texts; otherwise the mean per-token
   log-likelihood under the reference), ``eos_rate`` (completions that ended with EOS).
@@ -61,7 +63,7 @@ def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int
 def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tokens: int, temperature: float,
              batch_size: int, seed: int, reward_fn: Callable[[list[str]], list[float]] | None,
              fluency_fn: Callable[[list[str]], list[bool]] | None = None,
-             reference_samples: Samples | None = None) -> tuple[dict, list[dict]]:
+             reference_samples: Samples | None = None, judge=None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt sample rows for ``policy`` vs ``reference`` on ``prompts``."""
     pad = tokenizer.pad_token_id
     policy_samples = sample(policy, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
@@ -89,6 +91,11 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
         metrics["gold_reward"] = mean_ci(policy_rewards)
         metrics["ref_gold_reward"] = mean_ci(ref_rewards)
         metrics["win_rate_vs_ref"] = win_rate(policy_rewards, ref_rewards)
+    judged = None
+    if judge is not None:
+        judged = judge.judge(prompts, policy_samples.texts, reference_samples.texts)
+        metrics["judge_win_rate_vs_ref"] = win_rate(judged.prob_first, [0.5] * len(prompts))
+        metrics["judge_position_bias"] = judged.position_bias
     if fluency_fn is not None:  # the world's grammar check reads prompt + completion (string prompts)
         for key, texts in (("fluency", policy_samples.texts), ("ref_fluency", reference_samples.texts)):
             metrics[key] = sum(fluency_fn([p + c for p, c in zip(prompts, texts)])) / len(prompts)
@@ -101,6 +108,8 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
                "kl": kl[i], "length": int(lengths[i])}
         if policy_rewards is not None:
             row.update(gold_reward=policy_rewards[i], ref_gold_reward=ref_rewards[i])
+        if judged is not None:
+            row["judge_prob_policy_wins"] = judged.prob_first[i]
         rows.append(row)
     return metrics, rows
 

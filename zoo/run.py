@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zoo import stages
@@ -39,6 +39,7 @@ from zoo.models import (
     load_tokenizer,
     value_model,
 )
+from zoo.online import OnlinePairs
 from zoo.rollout import Experience, RewardScorer
 from zoo.trainer import DatasetBatches, fit
 
@@ -133,9 +134,19 @@ def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) 
 
 
 def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> Built:
-    """The trainable policy (LoRA-wrapped if asked) and its frozen reference."""
+    """The trainable policy (LoRA-wrapped if asked) and its frozen reference; with
+    ``algo.online_feedback`` also the source of on-policy pairs labelled by ``cfg.feedback``."""
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
-    return Built(policy, policy, reference)
+    if not cfg.algo.online_feedback:
+        return Built(policy, policy, reference)
+    labeler = instantiate(cfg.feedback.source)
+    rollout = cfg.algo.rollout
+
+    def online_source(loss_fn: PreferenceLoss, prompts: list) -> OnlinePairs:
+        return OnlinePairs(policy, labeler, tokenizer, prompts, cfg.trainer.batch_size, cfg.trainer.grad_accum_steps,
+                           cfg.seed, rollout.max_new_tokens, rollout.temperature, cfg.data.max_length)
+
+    return Built(policy, policy, reference, online_source, {"online_feedback": cfg.feedback.name})
 
 
 def build_reward_model(cfg: DictConfig, init_path: str, reference_path: str, tokenizer) -> Built:
@@ -159,10 +170,12 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     """
     m, algo = cfg.model, cfg.algo
     stage_started = time.perf_counter()
+    feedback = {}
     if algo.reward_model:
         reward_path = algo.reward_model
     elif cfg.data.preference_stage and cfg.data.prompts_path:
         pairs = stages.preference_stage(cfg, Path(reference_path), Path(cfg.data.prompts_path))
+        feedback = feedback_info(str(pairs))  # the labels the reward model learned from (RLAIF: the judge's)
         reward_path = str(stages.reward_stage(cfg, Path(reference_path), Path(pairs)))
     else:
         raise DataError(f"algo={algo.name} needs a reward model: set algo.reward_model=DIR (a trained reward model, "
@@ -207,7 +220,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
         return Experience(loss_fn, policy, value, reference, scorer, tokenizer, prompts, algo.rollout,
                           cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
 
-    info = {"reward_model": reward_path, "value_init": algo.value_init, "stage_seconds": stage_seconds,
+    info = {**feedback, "reward_model": reward_path, "value_init": algo.value_init, "stage_seconds": stage_seconds,
             "reward_model_shares_base": shared is not None and is_adapter_dir(reward_path)}
     stage_info = Path(reward_path).parent / "stage.json"
     if stage_info.exists():
@@ -217,14 +230,19 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
 
 def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list) -> tuple[dict, list]:
     """Sample the policy and its reference on held-out prompts; world runs also get gold reward and fluency."""
-    reward_fn = fluency_fn = None
+    reward_fn = fluency_fn = judge = None
     if cfg.data.world_metrics:
         from zoo.world.gold import gold_reward
         from zoo.world.grammar import is_grammatical
+        from zoo.world.judge_train import world_judge
 
         reward_fn, fluency_fn = gold_reward, (lambda texts: [is_grammatical(t) for t in texts])
+        judge = world_judge(cache_dir=str(Path(cfg.stages.cache_dir) / "judge"))  # every world run: judge win rate
+    elif cfg.eval.judge_with_feedback and hasattr(get_object(cfg.feedback.source._target_), "judge"):
+        judge = instantiate(cfg.feedback.source)  # an LM judge as feedback also measures the win rate
     return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                    cfg.eval.batch_size, seed=10_000 + cfg.seed, reward_fn=reward_fn, fluency_fn=fluency_fn)
+                    cfg.eval.batch_size, seed=10_000 + cfg.seed, reward_fn=reward_fn, fluency_fn=fluency_fn,
+                    judge=judge)
 
 
 def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list) -> tuple[dict, list]:
@@ -256,6 +274,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def data_kind_of(cfg: DictConfig, loss_fn: PreferenceLoss) -> str:
+    """What the run reads from disk: the loss's batch kind, or prompts when its pairs come online."""
+    if not cfg.algo.online_feedback:
+        return loss_fn.batch_kind
+    if loss_fn.batch_kind != "pairs":
+        raise ValueError(f"algo.online_feedback=true samples and labels pairs each step, so it needs a paired loss "
+                         f"(DPO, IPO); {type(loss_fn).__name__} consumes {loss_fn.batch_kind}")
+    return "prompts"
+
+
+def feedback_info(source: str) -> dict:
+    """What the label stage measured about the feedback a run learned from (agreement with gold, position
+    bias), when the run's data came from it."""
+    stage_file = Path(source).parent / "stage.json"
+    if not stage_file.exists():
+        return {}
+    stage = json.loads(stage_file.read_text())
+    keys = ("agreement_with_gold", "label_noise_rate", "position_bias", "mean_confidence")
+    return {"feedback_" + k: stage[k] for k in keys if k in stage} if stage.get("stage") == "labels" else {}
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -269,7 +308,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     reference_path = str(stages.sft_stage(cfg, Path(demos))) if cfg.data.sft_stage else cfg.model.name_or_path
     init_path = reference_path if cfg.algo.init == "reference" else cfg.model.name_or_path
     kind = loss_fn.model_output
-    rows, eval_items, source, skipped = resolve_data(cfg, loss_fn.batch_kind, reference_path, EVAL_ON_ROWS[kind])
+    data_kind = data_kind_of(cfg, loss_fn)
+    rows, eval_items, source, skipped = resolve_data(cfg, data_kind, reference_path, EVAL_ON_ROWS[kind])
     stage_seconds = time.perf_counter() - started
 
     # --- models and tokenized data ---
@@ -278,8 +318,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     built = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
     policy, reference = built.policy, built.reference
     stage_seconds += built.info.pop("stage_seconds", 0.0)  # stages a builder needed (PPO's reward model)
-    tokens, too_long = tokenize_rows(rows, loss_fn.batch_kind, tokenizer, source, cfg.data.max_length,
-                                     cfg.data.skip_bad_rows)
+    tokens, too_long = tokenize_rows(rows, data_kind, tokenizer, source, cfg.data.max_length, cfg.data.skip_bad_rows)
     warnings = loss_fn.data_warnings(tokens)
     for warning in warnings:
         print(f"[zoo] warning: {warning}")
@@ -304,7 +343,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
         "peak_memory_mb": peak, "peak_memory_source": peak_source, "memory_before_models_mb": memory_before_models,
         "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
-        "reference": reference_path, "policy_init": init_path, "final_log": result.last_log, "warnings": warnings, **built.info,
+        "reference": reference_path, "policy_init": init_path, "final_log": result.last_log, "warnings": warnings,
+        **feedback_info(source), **built.info,
     }
 
     # --- evaluate on held-out data (prompts for a policy, pairs for a reward model) ---

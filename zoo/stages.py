@@ -1,8 +1,11 @@
 """Pipeline stages a comparison shares, cached on disk by the config that produced them.
 
 - ``sft_stage``: SFT of the base model on the demonstrations -> the reference policy.
-- ``preference_stage``: two samples per prompt from the reference, labelled by the feedback source
-  -> a paired preference dataset (``prompt``, ``chosen``, ``rejected`` + gold rewards) in JSONL.
+- ``samples_stage``: two samples per prompt from the reference -> unlabelled pairs, shared by every
+  feedback source;
+- ``label_stage``: those pairs (or any file of pairs, ``zoo label``) labelled by the feedback source
+  (raters or a judge) -> a paired preference dataset (``prompt``, ``chosen``, ``rejected``,
+  ``confidence`` + gold rewards on the world) in JSONL; ``preference_stage`` is the two together.
 - ``reward_stage``: a Bradley-Terry reward model on those pairs (10% held out for its accuracy),
   initialised from the reference -> the frozen RM that PPO and RLAIF score rollouts with.
 
@@ -27,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import load_rows, read_rows, tokenize_rows
+from zoo.data.schema import validate_rows
 from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
@@ -115,11 +119,12 @@ def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
     return cached_stage(cfg.stages.cache_dir, "sft", sft_key(cfg, demonstrations), build) / "model"
 
 
-def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
-    """The cached paired preference dataset: reference samples labelled by ``cfg.feedback``."""
+def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
+    """The cached unlabelled pairs: two samples per prompt from the reference (``prompt``, ``first``,
+    ``second``). Every feedback source labels the same pairs, so raters and judge are compared on equal terms."""
     stage = cfg.stages.preferences
-    key = cache_key("preferences", str(reference_path), file_digest(reference_path), file_digest(prompts_file),
-                    OmegaConf.to_container(stage), OmegaConf.to_container(cfg.feedback))
+    key = cache_key("samples", str(reference_path), file_digest(reference_path), file_digest(prompts_file),
+                    OmegaConf.to_container(stage))
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(str(reference_path))
@@ -129,30 +134,94 @@ def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) 
                        desc="stage: preference samples (a)")
         second = sample(model, tokenizer, prompts, stage.max_new_tokens, stage.temperature, 128, seed=2,
                         desc="stage: preference samples (b)")
-        rater = instantiate(cfg.feedback.source)
-        labels = rater.label(prompts, first.texts, second.texts)
+        _write_jsonl(out / "pairs.jsonl", [{"prompt": p, "first": a, "second": b}
+                                           for p, a, b in zip(prompts, first.texts, second.texts)])
+        return {"pairs": len(prompts)}
+
+    return cached_stage(cfg.stages.cache_dir, "samples", key, build) / "pairs.jsonl"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def read_unlabelled(path: Path) -> list[dict]:
+    """Pairs to label: rows with ``prompt`` and two responses, as ``first``/``second`` (the samples stage)
+    or ``chosen``/``rejected`` (an existing preference dataset, relabelled; its labels are ignored)."""
+    rows = read_rows(path)
+    if rows and isinstance(rows[0], dict) and "first" in rows[0]:
+        checked, _ = validate_rows([{"prompt": r.get("prompt"), "chosen": r.get("first"), "rejected": r.get("second")}
+                                    if isinstance(r, dict) else r for r in rows], "pairs", str(path))
+    else:
+        checked, _ = load_rows("pairs", str(path), rows)
+    return [{"prompt": r["prompt"], "first": r["chosen"], "second": r["rejected"]} for r in checked]
+
+
+def _feedback_digest(cfg: DictConfig) -> dict:
+    """The feedback config plus a digest of any local model it reads (a judge retrained in place is new feedback)."""
+    source = OmegaConf.to_container(cfg.feedback, resolve=True)
+    model = source.get("source", {}).get("model")
+    if model and Path(model).is_dir():
+        source["model_digest"] = file_digest(model)
+    source.get("source", {}).pop("cache_dir", None)  # where judgements are cached does not change them
+    return source
+
+
+def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
+    """The cached paired preference dataset: ``pairs_path`` labelled by ``cfg.feedback``.
+
+    Rows: ``prompt``, ``chosen``, ``rejected``, ``confidence`` (the feedback source's P(chosen > rejected))
+    and, on the world, ``chosen_gold`` / ``rejected_gold``. Pairs with two identical responses carry no
+    preference and are dropped. On the world, ``stage.json`` records how often the labels agree with gold
+    (the label-noise rate is its complement) and, for a judge, its position bias.
+    """
+    world = bool(cfg.data.world_metrics)
+    key = cache_key("labels", file_digest(pairs_path), _feedback_digest(cfg), world)
+
+    def build(out: Path) -> dict:
+        pairs = read_unlabelled(pairs_path)
+        labeler = instantiate(cfg.feedback.source)
+        prompts = [r["prompt"] for r in pairs]
+        labels = labeler.label(prompts, [r["first"] for r in pairs], [r["second"] for r in pairs])
         rows, disagree, decided, identical = [], 0, 0, 0
-        for i, prompt in enumerate(prompts):
-            if first.texts[i] == second.texts[i]:
+        for i, pair in enumerate(pairs):
+            if pair["first"] == pair["second"]:
                 identical += 1  # no preference to learn from two identical completions
                 continue
-            a, b, ra, rb = first.texts[i], second.texts[i], labels.reward_first[i], labels.reward_second[i]
+            a, b, ra, rb = pair["first"], pair["second"], labels.reward_first[i], labels.reward_second[i]
+            p = labels.probability[i]
             if not labels.first_wins[i]:
-                a, b, ra, rb = b, a, rb, ra
-            if ra != rb:
-                decided += 1
-                disagree += ra < rb
-            rows.append({"prompt": prompt, "chosen": a, "rejected": b, "chosen_gold": ra, "rejected_gold": rb})
-        with open(out / "pairs.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        noise = disagree / decided if decided else float("nan")
-        print(f"[zoo] preference stage: {len(rows)} pairs, label-noise rate vs gold {noise:.3f} "
-              f"({disagree}/{decided} pairs with a gold difference), {identical} identical pairs dropped")
-        return {"pairs": len(rows), "label_noise_rate": noise, "gold_ties": len(rows) - decided,
-                "identical_dropped": identical}
+                a, b, ra, rb, p = b, a, rb, ra, 1.0 - p
+            row = {"prompt": pair["prompt"], "chosen": a, "rejected": b, "confidence": p}
+            if world:
+                row.update(chosen_gold=ra, rejected_gold=rb)
+                if ra != rb:
+                    decided += 1
+                    disagree += ra < rb
+            rows.append(row)
+        _write_jsonl(out / "pairs.jsonl", rows)
+        info = {"pairs": len(rows), "feedback": cfg.feedback.name, "identical_dropped": identical,
+                "mean_confidence": sum(r["confidence"] for r in rows) / max(1, len(rows))}
+        if labels.position_bias is not None:
+            info["position_bias"] = labels.position_bias
+        message = f"[zoo] label stage ({cfg.feedback.name}): {len(rows)} pairs, {identical} identical pairs dropped"
+        if world:
+            noise = disagree / decided if decided else float("nan")
+            info.update(label_noise_rate=noise, agreement_with_gold=1.0 - noise, gold_ties=len(rows) - decided)
+            message += f", agreement with gold {1 - noise:.3f} ({decided - disagree}/{decided} decided pairs)"
+        if labels.position_bias is not None:
+            message += f", position bias {labels.position_bias:+.3f}"
+        print(message)
+        return info
 
-    return cached_stage(cfg.stages.cache_dir, "preferences", key, build) / "pairs.jsonl"
+    return cached_stage(cfg.stages.cache_dir, "labels", key, build) / "pairs.jsonl"
+
+
+def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
+    """The cached paired preference dataset: reference samples (``samples_stage``) labelled by
+    ``cfg.feedback`` (``label_stage``)."""
+    return label_stage(cfg, samples_stage(cfg, reference_path, prompts_file))
 
 
 def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Path:

@@ -28,6 +28,7 @@ class Labels:
     probability: list[float]  # P(first > second) under the rater model
     reward_first: list[float]
     reward_second: list[float]
+    position_bias: float | None = None  # a judge's measured preference for the first-shown response
 
 
 class SimulatedRaters:

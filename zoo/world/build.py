@@ -6,7 +6,9 @@ Steps (each seeded; identical output for the same seed and the same torch thread
      tokenizer with EOS, a distinct PAD token and a chat template;
   3. a small Llama-architecture base model pretrained on the corpus (next-token loss on whole reviews);
   4. the datasets: SFT demonstrations (prompt, completion), preference prompts and held-out eval
-     prompts, each drawn from reviews of a different seed.
+     prompts, each drawn from reviews of a different seed;
+  5. the judge: the base model fine-tuned as an AI labeler of "which continuation is more positive?"
+     (``zoo.world.judge_train``), with its measured agreement with gold in judge/judge_info.json.
 The result loads like any hub model and dataset: ``from_pretrained(dir)`` and JSONL files.
 """
 
@@ -111,7 +113,7 @@ def prompt_rows(reviews: list[str], seed: int, with_completion: bool) -> list[di
 
 def build(out: Path, seed: int = 0, corpus_size: int = 50_000, vocab_size: int = 1536, hidden: int = 192,
           layers: int = 4, steps: int = 1500, batch_size: int = 64, lr: float = 3e-3, num_sft: int = 4000,
-          num_pref: int = 4000, num_eval: int = 512) -> dict:
+          num_pref: int = 4000, num_eval: int = 512, judge: dict | None = None) -> dict:
     """Build every asset under ``out`` (model/ and data/); returns a summary."""
     started = time.perf_counter()
     corpus = generate_corpus(corpus_size, seed)
@@ -124,7 +126,9 @@ def build(out: Path, seed: int = 0, corpus_size: int = 50_000, vocab_size: int =
     write_jsonl(out / "data" / "sft.jsonl", prompt_rows(generate_corpus(num_sft, seed + 1), seed + 1, True))
     write_jsonl(out / "data" / "preference_prompts.jsonl", prompt_rows(generate_corpus(num_pref, seed + 2), seed + 2, False))
     write_jsonl(out / "data" / "eval_prompts.jsonl", prompt_rows(generate_corpus(num_eval, seed + 3), seed + 3, False))
+    judge_info = build_judge_asset(out, seed, judge or {})
     summary = {
+        "judge_agreement_with_gold": judge_info["agreement_with_gold"], "judge_position_bias": judge_info["position_bias"],
         "seed": seed, "corpus_size": corpus_size, "vocab_size": len(tokenizer),
         "parameters": sum(p.numel() for p in model.parameters()), "pretrain_steps": steps,
         "final_loss": sum(losses[-50:]) / len(losses[-50:]), "build_seconds": round(time.perf_counter() - started, 1),
@@ -134,6 +138,13 @@ def build(out: Path, seed: int = 0, corpus_size: int = 50_000, vocab_size: int =
     return summary
 
 
+def build_judge_asset(out: Path, seed: int, settings: dict) -> dict:
+    """Step 5: the world judge under ``out/judge``, trained from ``out/model`` (prompts from seed + 4)."""
+    from zoo.world.judge_train import build_judge
+
+    return build_judge(out / "judge", out / "model", seed=seed + 4, **settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``zoo world build [--out DIR] [--quick]``."""
     parser = argparse.ArgumentParser(prog="zoo world build", description=__doc__.splitlines()[0])
@@ -141,9 +152,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
     parser.add_argument("--quick", action="store_true", help="a tiny, fast build for tests (not for results)")
+    parser.add_argument("--judge-only", action="store_true",
+                        help="rebuild only the judge (step 5) from the base model already under --out")
     args = parser.parse_args(argv)
+    quick_judge = dict(num_prompts=48, num_eval_prompts=16, steps=4, batch_size=8)
+    if args.judge_only:
+        started = time.perf_counter()
+        info = build_judge_asset(args.out, args.seed, quick_judge if args.quick else {})
+        print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=2))
+        print(f"judge built in {time.perf_counter() - started:.0f} s")
+        return
     kwargs = dict(corpus_size=2000, vocab_size=512, hidden=64, layers=2, steps=20, batch_size=16, num_sft=200,
-                  num_pref=200, num_eval=32) if args.quick else {}
+                  num_pref=200, num_eval=32, judge=quick_judge) if args.quick else {}
     if args.steps is not None:
         kwargs["steps"] = args.steps
     summary = build(args.out, args.seed, **kwargs)
