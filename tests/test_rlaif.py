@@ -189,3 +189,20 @@ def test_online_feedback_refuses_an_unpaired_loss(cache, tmp_path):
     proc = zoo("train", "algo=kto", "algo.online_feedback=true", "experiment=smoke", f"hydra.run.dir={tmp_path}",
                cache=cache, check=False)
     assert proc.returncode == 1 and "needs a paired loss" in " ".join(proc.stderr.split())
+
+
+def test_direct_rlaif_rewards_rollouts_with_the_judge_rating(cache, tmp_path):
+    """algo=d_rlaif: PPO scored by the judge's expected 1-10 rating; no reward model is built or loaded."""
+    own_cache = tmp_path / "cache"  # a fresh cache, to see that no reward stage is built
+    zoo("train", "algo=d_rlaif", "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}", cache=own_cache)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["reward_model"] == "judge rating (judge)"
+    assert list(own_cache.glob("sft-*")) and not list(own_cache.glob("*reward-*"))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 1.0 <= log[0]["objective/scores"] <= 10.0  # raw judge ratings, on the 1-10 scale
+
+
+def test_direct_rlaif_needs_a_judge(cache, tmp_path):
+    proc = zoo("train", "algo=d_rlaif", "feedback=gold", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache,
+               check=False)
+    assert proc.returncode == 1 and "score mode" in " ".join(proc.stderr.split())

@@ -38,6 +38,7 @@ class AlgoConfig:
     reward_model: str | None = None  # a trained RM dir (full model or LoRA adapter); null: the cached reward stage
     value_init: str = "reward"  # the value model's trunk: "reward" (the RM, Huang et al.) or "reference" (SFT)
     value_checkpointing: bool = False  # recompute the value trunk in backward: less memory, ~15% more update compute
+    direct_judge: bool = False  # d-RLAIF: rollouts scored by `feedback`'s judge rating (score mode), no reward model
     # online AI feedback (Guo et al. 2024): each step's pairs are sampled from the policy being trained
     # (algo.rollout.max_new_tokens / temperature) and labelled by `feedback`; paired losses only
     online_feedback: bool = False

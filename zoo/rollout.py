@@ -94,6 +94,21 @@ class RewardScorer:
         return torch.cat(scores)
 
 
+class JudgeScorer:
+    """Direct RLAIF (d-RLAIF, Lee et al. 2023): a rollout's score is an LM judge's expected rating
+    E[s] = sum_s s P(s) of the response (``LMJudge.score``), read from the text; no reward model is
+    trained, so the reward cannot drift from the judge. ``module`` (the judge's LM) moves to the
+    rollout device like a reward model."""
+
+    def __init__(self, judge):
+        self.judge, self.module = judge, judge.model
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list[str], device) -> torch.Tensor:
+        self.judge.device = torch.device(device)  # where ``Experience`` put the judge's model
+        return torch.tensor(self.judge.score(prompts, completions), device=device)  # (N,)
+
+
 class Experience:
     """PPO's batch source for ``fit``: per rollout batch,
 

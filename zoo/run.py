@@ -40,7 +40,7 @@ from zoo.models import (
     value_model,
 )
 from zoo.online import OnlinePairs
-from zoo.rollout import Experience, RewardScorer
+from zoo.rollout import Experience, JudgeScorer, RewardScorer
 from zoo.trainer import DatasetBatches, fit
 
 
@@ -170,8 +170,15 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     """
     m, algo = cfg.model, cfg.algo
     stage_started = time.perf_counter()
-    feedback = {}
-    if algo.reward_model:
+    feedback, reward_path = {}, None
+    if algo.direct_judge:
+        if algo.value_init != "reference":
+            raise ValueError("algo.direct_judge=true rewards rollouts with the judge's rating: there is no reward model "
+                             "to start the value model from; set algo.value_init=reference")
+        if not hasattr(get_object(cfg.feedback.source._target_), "score"):
+            raise ValueError(f"algo.direct_judge=true needs a feedback source with a score mode (feedback=judge or "
+                             f"feedback=llm_judge), but feedback={cfg.feedback.name} has none")
+    elif algo.reward_model:
         reward_path = algo.reward_model
     elif cfg.data.preference_stage and cfg.data.prompts_path:
         pairs = stages.preference_stage(cfg, Path(reference_path), Path(cfg.data.prompts_path))
@@ -185,23 +192,20 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     if cfg.peft.enabled and cfg.peft.dropout > 0:
         raise ValueError(f"PPO needs peft.dropout=0 (got {cfg.peft.dropout}): old log-probs are taken without "
                          f"dropout, so dropout in the update would make the ratio differ from 1 at the first step")
-    if is_adapter_dir(reward_path) and not cfg.peft.enabled:
+    adapter_rm = reward_path is not None and is_adapter_dir(reward_path)
+    if adapter_rm and not cfg.peft.enabled:
         raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
-    if cfg.peft.enabled and algo.value_init == "reward" and not is_adapter_dir(reward_path):
+    if cfg.peft.enabled and algo.value_init == "reward" and not adapter_rm:
         raise ValueError(f"algo.value_init=reward under peft=lora starts the value adapter from a LoRA reward model, "
                          f"but {reward_path} is a full model: set algo.value_init=reference")
     stage_seconds = time.perf_counter() - stage_started  # the reward stage, when not cached yet
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
     hidden = policy.config.hidden_size
     shared = policy if cfg.peft.enabled else None
-    if is_adapter_dir(reward_path):
-        reward = adapter_reward_model(policy, reward_path, hidden)
-        score_fn = reward.scores
+    if reward_path is None:  # d-RLAIF: the judge's expected rating is the reward, no reward model
+        scorer = JudgeScorer(instantiate(cfg.feedback.source))
     else:
-        reward_lm = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
-        reward_lm.eval().requires_grad_(False)
-        score_fn = lambda ids, mask: reward_lm(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
-        reward = reward_lm
+        scorer = _reward_model_scorer(cfg, policy, reward_path, tokenizer)
     if shared is not None and algo.value_init == "reward":
         add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
     elif shared is not None:
@@ -210,8 +214,6 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     value = value_model(reward_path if algo.value_init == "reward" else reference_path, hidden, m.dtype,
                         m.trust_remote_code, shared=shared)
     model = ActorCritic(policy, value, checkpoint_value=algo.value_checkpointing)
-    scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
-    scorer = RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, algo.rollout.forward_batch_size)
     gold_fn = None
     if cfg.data.world_metrics:
         from zoo.world.gold import gold_reward as gold_fn
@@ -220,12 +222,27 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
         return Experience(loss_fn, policy, value, reference, scorer, tokenizer, prompts, algo.rollout,
                           cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
 
-    info = {**feedback, "reward_model": reward_path, "value_init": algo.value_init, "stage_seconds": stage_seconds,
-            "reward_model_shares_base": shared is not None and is_adapter_dir(reward_path)}
-    stage_info = Path(reward_path).parent / "stage.json"
-    if stage_info.exists():
+    info = {**feedback, "reward_model": reward_path or f"judge rating ({cfg.feedback.name})", "value_init": algo.value_init,
+            "stage_seconds": stage_seconds, "reward_model_shares_base": shared is not None and adapter_rm}
+    stage_info = Path(reward_path).parent / "stage.json" if reward_path else None
+    if stage_info is not None and stage_info.exists():
         info["reward_model_stage"] = {k: v for k, v in json.loads(stage_info.read_text()).items() if k.startswith("rm_")}
     return Built(model, policy, reference, online_source, info)
+
+
+def _reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) -> RewardScorer:
+    """The frozen reward model at ``reward_path`` as a rollout scorer: an adapter (+ head) on the policy's
+    own base when it is a LoRA reward model, else a separate model."""
+    m = cfg.model
+    if is_adapter_dir(reward_path):
+        reward = adapter_reward_model(policy, reward_path, policy.config.hidden_size)
+        score_fn = reward.scores
+    else:
+        reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
+        reward.eval().requires_grad_(False)
+        score_fn = lambda ids, mask: reward(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
+    return RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, cfg.algo.rollout.forward_batch_size)
 
 
 def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list) -> tuple[dict, list]:
