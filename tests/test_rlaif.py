@@ -89,6 +89,22 @@ def test_label_stage_relabels_pairs_with_the_judge_and_caches(tmp_path, monkeypa
     assert stages.label_stage(cfg, source) == labelled
 
 
+def test_a_judge_can_abstain_below_a_confidence(tmp_path):
+    """feedback.min_confidence: pairs the judge labels with P(chosen > rejected) below it are dropped
+    and counted; an impossible threshold is refused."""
+    cache = f"stages.cache_dir={tmp_path / 'cache'}"
+    source = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:2])
+    everything = stages.label_stage(compose_train_config(["feedback=judge", cache]), source)
+    confidences = sorted(json.loads(line)["confidence"] for line in everything.read_text().splitlines())
+    threshold = (confidences[0] + confidences[1]) / 2  # between the two pairs' confidences
+    kept = stages.label_stage(compose_train_config(["feedback=judge", cache, f"feedback.min_confidence={threshold}"]),
+                              source)
+    assert [json.loads(line)["confidence"] for line in kept.read_text().splitlines()] == [confidences[1]]
+    assert json.loads((kept.parent / "stage.json").read_text())["abstained"] == 1
+    with pytest.raises(ValueError, match="min_confidence"):
+        stages.label_stage(compose_train_config(["feedback=judge", cache, "feedback.min_confidence=1.5"]), source)
+
+
 def test_label_stage_key_follows_the_judge_files(tmp_path):
     """A judge retrained in place (same path, new weights) is new feedback: a new key, never stale labels."""
     judge_dir = tmp_path / "judge"
@@ -157,8 +173,10 @@ RLAIF_METRICS = ("judge_win_rate_vs_ref", "judge_position_bias", "feedback_agree
                  "feedback_position_bias", "win_rate_vs_ref")
 
 
-@pytest.mark.parametrize("algo", ["dpo", "kto", "orpo", "ipo"])
+@pytest.mark.parametrize("algo", ["dpo", "kto", pytest.param("orpo", marks=pytest.mark.slow),
+                                  pytest.param("ipo", marks=pytest.mark.slow)])
 def test_any_loss_learns_from_the_judge(algo, cache, tmp_path):
+    """A paired and an unpaired loss on judge labels in the default run; ORPO and IPO with -m slow."""
     zoo("train", f"algo={algo}", "feedback=judge", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["feedback"] == "judge"

@@ -74,6 +74,8 @@ class DataConfig:
 class FeedbackConfig:
     name: str = MISSING  # label in run names and the report
     source: Any = MISSING  # {_target_: a zoo.feedback class, **constructor arguments}
+    # the source abstains on pairs it labels with P(chosen > rejected) below this (label stage drops them)
+    min_confidence: float = 0.0
 
 
 @dataclass

@@ -173,18 +173,23 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
 
     Rows: ``prompt``, ``chosen``, ``rejected``, ``confidence`` (the feedback source's P(chosen > rejected))
     and, on the world, ``chosen_gold`` / ``rejected_gold``. Pairs with two identical responses carry no
-    preference and are dropped. On the world, ``stage.json`` records how often the labels agree with gold
+    preference and are dropped, and so are pairs labelled with a confidence below
+    ``feedback.min_confidence`` (the source abstains where it is unsure, as AI labelers are often run). On the world, ``stage.json`` records how often the labels agree with gold
     (the label-noise rate is its complement) and, for a judge, its position bias.
     """
     world = bool(cfg.data.world_metrics)
     key = cache_key("labels", file_digest(pairs_path), _feedback_digest(cfg), world)
+
+    min_confidence = cfg.feedback.min_confidence
+    if not 0.0 <= min_confidence < 1.0:
+        raise ValueError(f"feedback.min_confidence must be in [0, 1), got {min_confidence}")
 
     def build(out: Path) -> dict:
         pairs = read_unlabelled(pairs_path)
         labeler = instantiate(cfg.feedback.source)
         prompts = [r["prompt"] for r in pairs]
         labels = labeler.label(prompts, [r["first"] for r in pairs], [r["second"] for r in pairs])
-        rows, disagree, decided, identical = [], 0, 0, 0
+        rows, disagree, decided, identical, abstained = [], 0, 0, 0, 0
         for i, pair in enumerate(pairs):
             if pair["first"] == pair["second"]:
                 identical += 1  # no preference to learn from two identical completions
@@ -193,6 +198,9 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
             p = labels.probability[i]
             if not labels.first_wins[i]:
                 a, b, ra, rb, p = b, a, rb, ra, 1.0 - p
+            if p < min_confidence:
+                abstained += 1
+                continue
             row = {"prompt": pair["prompt"], "chosen": a, "rejected": b, "confidence": p}
             if world:
                 row.update(chosen_gold=ra, rejected_gold=rb)
@@ -201,11 +209,16 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
                     disagree += ra < rb
             rows.append(row)
         _write_jsonl(out / "pairs.jsonl", rows)
+        if not rows:
+            raise ValueError(f"feedback {cfg.feedback.name} kept no pair of {pairs_path} (min_confidence "
+                             f"{min_confidence}, {abstained} abstentions, {identical} identical pairs)")
         info = {"pairs": len(rows), "feedback": cfg.feedback.name, "identical_dropped": identical,
+                "abstained": abstained, "min_confidence": min_confidence,
                 "mean_confidence": sum(r["confidence"] for r in rows) / max(1, len(rows))}
         if labels.position_bias is not None:
             info["position_bias"] = labels.position_bias
-        message = f"[zoo] label stage ({cfg.feedback.name}): {len(rows)} pairs, {identical} identical pairs dropped"
+        message = (f"[zoo] label stage ({cfg.feedback.name}): {len(rows)} pairs kept, {identical} identical and "
+                   f"{abstained} below confidence {min_confidence} dropped")
         if world:
             noise = disagree / decided if decided else float("nan")
             info.update(label_noise_rate=noise, agreement_with_gold=1.0 - noise, gold_ties=len(rows) - decided)
