@@ -12,6 +12,7 @@ commands:
   train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
+  report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
   world build [--out DIR] [--quick] [--judge-only]
                         regenerate the embedded world's assets (base model, data, judge) deterministically
 """
@@ -89,6 +90,14 @@ def main(argv: list[str] | None = None) -> None:
         try:
             label_main(rest)
         except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "report":
+        from zoo.report import main as report_main
+
+        try:
+            report_main(rest)
+        except FileNotFoundError as err:
             print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
             raise SystemExit(1)
     elif command == "world" and rest[:1] == ["build"]:

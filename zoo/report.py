@@ -1,0 +1,488 @@
+"""``zoo report DIR...``: compare finished runs side by side.
+
+Reads every ``metrics.json`` (and its sibling ``log.jsonl``) under the given directories, groups the runs by
+(algo, feedback), and writes to the output directory:
+
+- ``results.csv``: one row per group; for each metric in ``REPORT_METRICS`` the mean over the finished seeds,
+  a 95% Student-t confidence interval of that mean, and the number of runs that reported it;
+- ``report.md``: the same numbers as a markdown table ("mean ± half-width"), the failed runs with their errors,
+  the run dirs that could not be read, and the figures;
+- ``frontier.png``, ``win_rates.png``, ``curves.png`` when matplotlib is installed (``pip install zoo[plot]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPORT_METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "judge_win_rate_vs_ref", "mean_length",
+                  "distinct_2", "fluency", "train_seconds", "peak_memory_mb")
+
+# The markdown table's columns after algo | feedback | seeds: (metric, header, decimals). Seconds and
+# megabytes are shown whole: their seed-to-seed spread is far above one unit.
+TABLE_COLUMNS = (("gold_reward", "gold reward", 3), ("kl_to_ref", "KL", 2), ("win_rate_vs_ref", "win rate", 3),
+                 ("judge_win_rate_vs_ref", "judge win rate", 3), ("mean_length", "length", 1),
+                 ("distinct_2", "distinct-2", 3), ("fluency", "fluency", 3), ("train_seconds", "train s", 0),
+                 ("peak_memory_mb", "peak MB", 0))
+
+# Two-sided 95% critical values t_{0.975, df} of Student's t distribution, from the NIST/SEMATECH
+# e-Handbook of Statistical Methods, section 1.3.6.7.2 "Critical Values of the Student's t Distribution"
+# (https://www.itl.nist.gov/div898/handbook/eda/section3/eda3672.htm), column 0.975; they agree with
+# scipy.stats.t.ppf(0.975, df) to the 3 decimals shown (tests/test_report.py checks this when scipy is present).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042, 40: 2.021, 50: 2.009, 60: 2.000, 80: 1.990, 100: 1.984}
+Z_975 = 1.960  # the normal limit, used past df 100 (t_{0.975,100} is 1.984: the CI is at most 1.2% too narrow)
+
+
+class ReportWarning(UserWarning):
+    """A run dir that was skipped or a group that mixes runs it should not (printed by ``zoo report``)."""
+
+
+# ---------------------------------------------------------------------------------------------- collecting
+
+
+def collect_runs(dirs: Iterable[str | Path]) -> list[dict]:
+    """The metrics of every run under ``dirs`` (each a run dir or a sweep dir), each with "run_dir" added.
+
+    A run dir is one holding metrics.json, at any depth. Unreadable or non-object metrics.json, run dirs
+    without one (still running, or killed), and missing ``dirs`` are reported as ``ReportWarning``s and
+    skipped. A metrics.json reached through two of ``dirs`` is read once.
+    """
+    runs, seen = [], set()
+    for root in map(Path, dirs):
+        if not root.is_dir():
+            warnings.warn(f"{root}: not a directory, skipped", ReportWarning, stacklevel=2)
+            continue
+        for path in sorted(root.rglob("metrics.json")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            run = _read_metrics(path)
+            if run is not None:
+                runs.append(run)
+        _warn_runs_without_metrics(root)
+    return runs
+
+
+def _read_metrics(path: Path) -> dict | None:
+    """metrics.json as a dict with "run_dir", or None (with a warning) when it cannot be used."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        warnings.warn(f"{path}: unreadable ({type(err).__name__}: {err}), skipped", ReportWarning, stacklevel=3)
+        return None
+    if not isinstance(run, dict):
+        warnings.warn(f"{path}: not a JSON object, skipped", ReportWarning, stacklevel=3)
+        return None
+    run["run_dir"] = str(path.parent)
+    return run
+
+
+def _warn_runs_without_metrics(root: Path) -> None:
+    """Warn about run dirs under ``root`` that have no metrics.json.
+
+    ``train()`` writes config.yaml first and metrics.json last (even on failure), so a config.yaml alone means
+    the run is still going or was killed. Hydra's own ``.hydra/config.yaml`` is not a run dir.
+    """
+    for config in sorted(root.rglob("config.yaml")):
+        relative = config.relative_to(root).parts
+        if any(part.startswith(".") for part in relative) or (config.parent / "metrics.json").exists():
+            continue
+        warnings.warn(f"{config.parent}: no metrics.json (still running or killed), skipped", ReportWarning,
+                      stacklevel=3)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The rows of ``run_dir/log.jsonl``; [] without one. Lines that do not parse are dropped, because a
+    killed run can leave a half-written last line."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- aggregating
+
+
+def t_975(df: int) -> float:
+    """t_{0.975, df}: the two-sided 95% Student-t critical value for ``df`` >= 1 degrees of freedom.
+
+    Between tabulated values the next lower df is used, which is conservative (a slightly wider CI).
+    """
+    if df < 1:
+        raise ValueError(f"a t quantile needs df >= 1, got {df}")
+    if df > max(T_975):
+        return Z_975
+    return T_975[max(d for d in T_975 if d <= df)]
+
+
+def mean_ci(values: Sequence[float]) -> dict | None:
+    """{"mean", "ci_low", "ci_high", "n"} of ``values``; None when empty.
+
+    The CI is mean ± t_{0.975, n-1} * s / sqrt(n), with s the sample standard deviation (n - 1 in the
+    denominator): a 95% interval for the mean over seeds. With one value there is no spread to estimate,
+    so ci_low and ci_high are None.
+    """
+    n = len(values)
+    if n == 0:
+        return None
+    mean = sum(values) / n
+    if n == 1:
+        return {"mean": mean, "ci_low": None, "ci_high": None, "n": 1}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def run_value(run: dict, metric: str) -> float | None:
+    """The run's value of ``metric``: the number itself, or the "mean" of an evaluation dict (gold_reward,
+    kl_to_ref: their own CIs are over eval prompts, not seeds); None when absent or not a number."""
+    value = run.get(metric)
+    if isinstance(value, dict):
+        value = value.get("mean")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def is_finished(run: dict) -> bool:
+    """Only finished runs enter the means; anything else (failed, or a status never updated) is a failure."""
+    return run.get("status") == "finished"
+
+
+def group_key(run: dict) -> tuple[str, str]:
+    """The (algo, feedback) a run is reported under."""
+    return str(run.get("algo", "?")), str(run.get("feedback", "?"))
+
+
+def group_runs(runs: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs by (algo, feedback), groups in sorted order."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[group_key(run)].append(run)
+    return dict(sorted(groups.items()))
+
+
+def aggregate(runs: Sequence[dict]) -> list[dict]:
+    """One row per (algo, feedback): algo, feedback, n_seeds (finished runs), n_failed, seeds, and for each
+    metric in REPORT_METRICS its ``mean_ci`` over the finished runs that report it (None if none does)."""
+    rows = []
+    for (algo, feedback), group in group_runs(runs).items():
+        finished = [run for run in group if is_finished(run)]
+        _warn_mixed_group(algo, feedback, finished)
+        row = {"algo": algo, "feedback": feedback, "n_seeds": len(finished), "n_failed": len(group) - len(finished),
+               "seeds": sorted((run.get("seed") for run in finished), key=str)}
+        for metric in REPORT_METRICS:
+            values = [v for v in (run_value(run, metric) for run in finished) if v is not None]
+            row[metric] = mean_ci(values)
+        rows.append(row)
+    return rows
+
+
+def _warn_mixed_group(algo: str, feedback: str, finished: list[dict]) -> None:
+    """Warn when a group's runs are not seeds of one setting: a repeated seed (two sweeps with different
+    hyperparameters, say) or different models / data sets would be averaged as if they were."""
+    seeds = [run.get("seed") for run in finished]
+    repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        warnings.warn(f"{algo}/{feedback}: seed(s) {', '.join(repeated)} appear in more than one run; "
+                      "they are averaged together", ReportWarning, stacklevel=3)
+    for key in ("model", "data"):
+        values = sorted({str(run.get(key)) for run in finished})
+        if len(values) > 1:
+            warnings.warn(f"{algo}/{feedback}: runs on different {key} values ({', '.join(values)}) are averaged "
+                          "together", ReportWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def csv_columns() -> list[str]:
+    """results.csv's header: the group, its counts, then mean, CI bounds and n for each metric."""
+    columns = ["algo", "feedback", "n_seeds", "n_failed"]
+    for metric in REPORT_METRICS:
+        columns += [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_n"]
+    return columns
+
+
+def csv_row(row: dict) -> dict:
+    """An ``aggregate`` row flattened for results.csv; a missing metric or CI is an empty cell."""
+    flat = {key: row[key] for key in ("algo", "feedback", "n_seeds", "n_failed")}
+    for metric in REPORT_METRICS:
+        stats = row[metric] or {}
+        flat[f"{metric}_mean"] = stats.get("mean")
+        flat[f"{metric}_ci_low"] = stats.get("ci_low")
+        flat[f"{metric}_ci_high"] = stats.get("ci_high")
+        flat[f"{metric}_n"] = stats.get("n", 0)
+    return flat
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """results.csv; floats are written with repr, so they read back exactly."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=csv_columns())
+        writer.writeheader()
+        writer.writerows(csv_row(row) for row in rows)
+
+
+def format_cell(stats: dict | None, decimals: int, n_seeds: int) -> str:
+    """"mean ± half-width"; the mean alone for one value; "-" when missing. "(n=k)" marks a metric that
+    fewer runs than the group's finished seeds reported (judge win rate in older runs, say)."""
+    if stats is None:
+        return "-"
+    cell = f"{stats['mean']:.{decimals}f}"
+    if stats["ci_high"] is not None:
+        cell += f" ± {stats['ci_high'] - stats['mean']:.{decimals}f}"
+    if stats["n"] != n_seeds:
+        cell += f" (n={stats['n']})"
+    return cell
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The results as a markdown table, one line per (algo, feedback)."""
+    header = ["algo", "feedback", "seeds", *(title for _, title, _ in TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        seeds = str(row["n_seeds"]) + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
+        cells = [row["algo"], row["feedback"], seeds,
+                 *(format_cell(row[metric], decimals, row["n_seeds"]) for metric, _, decimals in TABLE_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+FIGURE_CAPTIONS = {
+    "frontier.png": "gold reward vs KL to the reference, one point per run; group means with 95% CIs",
+    "win_rates.png": "win rate vs the reference by gold reward and by the judge, means with 95% CIs",
+    "curves.png": "training loss over steps (mean over seeds); PPO's proxy (reward model) score vs gold reward",
+}
+
+
+def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequence[Path],
+                    skipped: Sequence[str] = ()) -> str:
+    """report.md: the table, what it is computed from, the failed and skipped runs, and the figures."""
+    legend = ("Mean over finished seeds ± half-width of the 95% Student-t CI of that mean (mean alone for one "
+              "seed; \"(n=k)\" where only k runs report the metric; \"-\" where none does). Gold reward and KL "
+              "per run are means over the evaluation prompts.")
+    parts = ["# Results", "", legend, "", markdown_table(rows), ""]
+    failed = [run for run in runs if not is_finished(run)]
+    if failed:
+        parts += ["## Failed runs", ""]
+        for run in sorted(failed, key=lambda run: run["run_dir"]):
+            error = run.get("error") or f"status {run.get('status')!r}"
+            parts.append(f"- `{run['run_dir']}`: {' '.join(str(error).split())}")  # one line per run
+        parts.append("")
+    if skipped:
+        parts += ["## Skipped run dirs", "", *(f"- {message}" for message in skipped), ""]
+    parts += ["## Figures", ""]
+    if figures:
+        parts += [f"- [{path.name}]({path.name}): {FIGURE_CAPTIONS.get(path.name, '')}" for path in figures]
+    else:
+        parts.append("None: matplotlib is not installed (pip install 'zoo[plot]').")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(runs: Sequence[dict], out_dir: str | Path, skipped: Sequence[str] = ()) -> list[Path]:
+    """Write results.csv, report.md and the figures for ``runs`` into ``out_dir``; returns the paths written.
+
+    ``skipped``: messages about run dirs that could not be read, listed in report.md.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(runs)
+    write_csv(rows, out_dir / "results.csv")
+    figures = write_figures(runs, rows, out_dir)
+    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped))
+    return [out_dir / "results.csv", out_dir / "report.md", *figures]
+
+
+# ------------------------------------------------------------------------------------------------- figures
+
+
+def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path) -> list[Path]:
+    """frontier.png, win_rates.png and curves.png in ``out_dir``; [] with a printed note without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("zoo report: matplotlib is not installed, no figures (pip install 'zoo[plot]')")
+        return []
+    matplotlib.use("Agg")  # files only: no display on a training box
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, draw in (("frontier.png", plot_frontier), ("win_rates.png", plot_win_rates),
+                       ("curves.png", plot_curves)):
+        fig = draw(plt, runs, rows)
+        fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(out_dir / name)
+    return paths
+
+
+def _label(row_or_key) -> str:
+    algo, feedback = (row_or_key["algo"], row_or_key["feedback"]) if isinstance(row_or_key, dict) else row_or_key
+    return f"{algo}/{feedback}"
+
+
+def _colors(plt, rows: Sequence[dict]) -> dict[tuple[str, str], object]:
+    """One colour per (algo, feedback), the same in every figure."""
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    return {(row["algo"], row["feedback"]): cmap(i % cmap.N) for i, row in enumerate(rows)}
+
+
+def _errs(stats: Sequence[dict]) -> list[list[float]]:
+    """Error-bar lengths [below..., above...] the means, from the CIs. NaN without a CI (one seed): matplotlib
+    then draws no bar, where a zero-length one would read as a CI of zero width."""
+    below = [s["mean"] - s["ci_low"] if s["ci_low"] is not None else math.nan for s in stats]
+    above = [s["ci_high"] - s["mean"] if s["ci_high"] is not None else math.nan for s in stats]
+    return [below, above]
+
+
+def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
+    """Gold reward vs KL to the reference: each run a small point, each group's mean a large one with CI bars
+    in both directions; the reference policy itself sits at KL 0."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colors = _colors(plt, rows)
+    finished = [run for run in runs if is_finished(run)]
+    for key, group in group_runs(finished).items():
+        points = [(run_value(r, "kl_to_ref"), run_value(r, "gold_reward")) for r in group]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if points:
+            ax.scatter(*zip(*points), color=colors[key], alpha=0.4, s=18)
+    for row in rows:
+        kl, gold = row["kl_to_ref"], row["gold_reward"]
+        if kl is not None and gold is not None:
+            ax.errorbar(kl["mean"], gold["mean"], xerr=_errs([kl]), yerr=_errs([gold]), fmt="o", ms=7, capsize=3,
+                        color=colors[(row["algo"], row["feedback"])], label=_label(row))
+    ref = [v for v in (run_value(run, "ref_gold_reward") for run in finished) if v is not None]
+    if ref:
+        ax.scatter([0.0], [sum(ref) / len(ref)], marker="*", s=120, color="black", label="reference")
+    ax.set_xlabel("KL to reference (nats per completion)")
+    ax.set_ylabel("gold reward")
+    ax.set_title("Reward vs KL frontier")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_win_rates(plt, runs: Sequence[dict], rows: Sequence[dict]):
+    """Grouped bars per (algo, feedback): win rate vs the reference by gold reward and by the LM judge.
+    Groups with neither (reward-model runs) are left out."""
+    rows = [row for row in rows if row["win_rate_vs_ref"] is not None or row["judge_win_rate_vs_ref"] is not None]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    width = 0.38
+    for offset, metric, name, color in ((-width / 2, "win_rate_vs_ref", "gold reward", "tab:blue"),
+                                        (width / 2, "judge_win_rate_vs_ref", "LM judge", "tab:orange")):
+        present = [(i, row[metric]) for i, row in enumerate(rows) if row[metric] is not None]
+        if present:  # one bar series per metric, so the legend has one entry each
+            ax.bar([i + offset for i, _ in present], [stats["mean"] for _, stats in present], width,
+                   yerr=_errs([stats for _, stats in present]), capsize=3, color=color, label=name)
+    ax.axhline(0.5, color="gray", ls="--", lw=1)  # a policy no better than the reference wins half the time
+    ax.set_xticks(range(len(rows)), [_label(row) for row in rows], rotation=30, ha="right")
+    ax.set_ylabel("win rate vs reference")
+    ax.set_ylim(0, 1)
+    ax.set_title("Win rate vs reference")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def mean_curve(logs: Sequence[list[dict]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, mean of ``key`` over the logs that have it at that step), sorted by step."""
+    by_step: dict[float, list[float]] = defaultdict(list)
+    for log in logs:
+        for row in log:
+            value = row.get(key)
+            if "step" in row and isinstance(value, (int, float)) and not isinstance(value, bool):
+                by_step[row["step"]].append(float(value))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _logged(logs: Sequence[list[dict]], key: str) -> bool:
+    """Whether any row of any of ``logs`` has ``key``."""
+    return any(key in row for log in logs for row in log)
+
+
+def plot_curves(plt, runs: Sequence[dict], rows: Sequence[dict]):
+    """Training loss vs step per group (mean over finished seeds); when some logs have PPO's
+    "objective/scores" and "objective/gold", a second panel of proxy (reward-model) score, solid, vs gold
+    reward, dashed: the gap opening between them is reward over-optimization."""
+    colors = _colors(plt, rows)
+    logs = {key: [read_log(run["run_dir"]) for run in group]
+            for key, group in group_runs(run for run in runs if is_finished(run)).items()}
+    proxy = {key: group_logs for key, group_logs in logs.items()
+             if _logged(group_logs, "objective/scores") and _logged(group_logs, "objective/gold")}
+    fig, axes = plt.subplots(1, 2 if proxy else 1, figsize=(12 if proxy else 6.5, 4.5), squeeze=False)
+    ax = axes[0][0]
+    for key, group_logs in logs.items():
+        steps, loss = mean_curve(group_logs, "loss")
+        if steps:
+            ax.plot(steps, loss, color=colors[key], label=_label(key))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss (mean over seeds)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    if proxy:
+        ax = axes[0][1]
+        for key, group_logs in proxy.items():
+            ax.plot(*mean_curve(group_logs, "objective/scores"), color=colors[key], label=f"{_label(key)} proxy")
+            ax.plot(*mean_curve(group_logs, "objective/gold"), color=colors[key], ls="--",
+                    label=f"{_label(key)} gold")
+        ax.set_xlabel("step")
+        ax.set_ylabel("reward")
+        ax.set_title("Proxy (reward model) score vs gold reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """``zoo report DIR... [--out DIR]``: print the table and write the report; returns the paths written."""
+    parser = argparse.ArgumentParser(prog="zoo report", description="Compare runs: results.csv, report.md, plots.")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs (searched for metrics.json)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first DIR)")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        runs = collect_runs(args.dirs)
+        skipped = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
+        if not runs:
+            raise FileNotFoundError(f"no readable metrics.json under {', '.join(map(str, args.dirs))}")
+        paths = write_report(runs, args.out or args.dirs[0], skipped)
+        table = markdown_table(aggregate(runs))
+    # Re-printed plainly (the warnings module would add this file's name and line), each once: write_report
+    # and the table above both aggregate.
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"zoo report: warning: {message}", file=sys.stderr)
+    print(table)
+    print()
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
