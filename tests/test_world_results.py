@@ -15,10 +15,13 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "max_train_seconds"), [("dpo", 300), ("ipo", 300), ("ppo", 600)])
-def test_default_run_beats_the_reference(algo, max_train_seconds, tmp_path):
+@pytest.mark.parametrize(("overrides", "max_train_seconds"), [
+    (["algo=dpo"], 300), (["algo=ipo"], 300), (["algo=ppo"], 600),
+    (["algo=dpo", "feedback=judge"], 300), (["algo=rlaif"], 600),  # AI feedback: the world's judge labels
+])
+def test_default_run_beats_the_reference(overrides, max_train_seconds, tmp_path):
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", "train", f"algo={algo}", f"hydra.run.dir={tmp_path}"],
+    proc = subprocess.run([sys.executable, "-m", "zoo.cli", "train", *overrides, f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=1800)
     wall_seconds = time.perf_counter() - started  # the whole command: stages (if not cached), training, eval
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -154,7 +154,7 @@ def train_judge(judge: LMJudge, pairs: list[dict], steps: int, batch_size: int, 
 
 
 def build_judge(out: Path, base_dir: Path, seed: int = 0, num_prompts: int = 6000, num_eval_prompts: int = 600,
-                steps: int = 900, batch_size: int = 32, lr: float = 1e-3, eval_every: int = 150, score_every: int = 1,
+                steps: int = 1800, batch_size: int = 32, lr: float = 1e-3, eval_every: int = 300, score_every: int = 1,
                 min_margin: float = 0.2) -> dict:
     """Train the world judge from the base model in ``base_dir``; save it (+ judge_info.json) under ``out``.
 
