@@ -69,7 +69,8 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
     from zoo.run import build_policy
 
     cfg = OmegaConf.create({"model": {"dtype": "float32", "trust_remote_code": False}, "quant": {"bits": None},
-                            "peft": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}})
+                            "peft": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+                            "algo": {"online_feedback": False}})
     built = build_policy(cfg, str(paths.MODEL), str(paths.MODEL), tokenizer=None)
     policy, reference = built.policy, built.reference
     assert reference.separate is None and built.model is policy
