@@ -3,11 +3,10 @@ model, and Hydra smoke runs of feedback=judge with every kind of loss, algo=rlai
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from zoo_cli import zoo
 
 from zoo import stages
 from zoo.config import compose_train_config
@@ -15,22 +14,6 @@ from zoo.world import paths
 
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def zoo(*args, cache, check=True):
-    import os
-
-    env = {**os.environ, "ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo_cache")
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -216,8 +199,10 @@ def test_direct_rlaif_rewards_rollouts_with_the_judge_rating(cache, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["reward_model"] == "judge rating (judge)"
     assert list(own_cache.glob("sft-*")) and not list(own_cache.glob("*reward-*"))
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert 1.0 <= log[0]["objective/scores"] <= 10.0  # raw judge ratings, on the 1-10 scale
+    # the rollouts were scored in score mode: ratings (> 1) sit in the judge's cache next to the eval's
+    # pairwise P(A) values (<= 1)
+    values = [json.loads(line)["value"] for line in (own_cache / "judge" / "judge_cache.jsonl").read_text().splitlines()]
+    assert sum(v > 1.0 for v in values) >= 8  # at least one rollout of 8 rated (a repeated text is a cache hit)
 
 
 def test_direct_rlaif_needs_a_judge(cache, tmp_path):

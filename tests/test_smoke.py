@@ -6,31 +6,13 @@ the README's measured numbers).
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
+from zoo_cli import zoo
 
 RUN_FILES = ("config.yaml", "log.jsonl", "metrics.json", "samples.jsonl")
 METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "mean_length", "distinct_2", "fluency",
            "train_seconds", "peak_memory_mb", "samples_per_second", "status")
-
-
-def zoo(*args, cache, check=True):
-    env = {"ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = {**os.environ, **env}
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo_cache")
 
 
 def check_run_dir(run_dir, algo):

@@ -373,13 +373,20 @@ def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
     ref = [v for v in (run_value(run, "ref_gold_reward") for run in finished) if v is not None]
     if ref:
         ax.scatter([0.0], [sum(ref) / len(ref)], marker="*", s=120, color="black", label="reference")
-    ax.set_xlabel("KL to reference (nats per completion)")
-    ax.set_ylabel("gold reward")
-    ax.set_title("Reward vs KL frontier")
-    ax.grid(alpha=0.3)
+    _finish_axes(ax, "KL to reference (nats per completion)", "gold reward", "Reward vs KL frontier")
+    return fig
+
+
+def _finish_axes(ax, xlabel: str | None, ylabel: str, title: str, grid: bool = True) -> None:
+    """Labels, title, a light grid and a legend (when anything was labelled) for one panel."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    return fig
 
 
 def plot_win_rates(plt, runs: Sequence[dict], rows: Sequence[dict]):
@@ -396,11 +403,8 @@ def plot_win_rates(plt, runs: Sequence[dict], rows: Sequence[dict]):
                    yerr=_errs([stats for _, stats in present]), capsize=3, color=color, label=name)
     ax.axhline(0.5, color="gray", ls="--", lw=1)  # a policy no better than the reference wins half the time
     ax.set_xticks(range(len(rows)), [_label(row) for row in rows], rotation=30, ha="right")
-    ax.set_ylabel("win rate vs reference")
     ax.set_ylim(0, 1)
-    ax.set_title("Win rate vs reference")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _finish_axes(ax, None, "win rate vs reference", "Win rate vs reference", grid=False)
     return fig
 
 
@@ -436,23 +440,14 @@ def plot_curves(plt, runs: Sequence[dict], rows: Sequence[dict]):
         steps, loss = mean_curve(group_logs, "loss")
         if steps:
             ax.plot(steps, loss, color=colors[key], label=_label(key))
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss (mean over seeds)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _finish_axes(ax, "step", "training loss", "Training loss (mean over seeds)")
     if proxy:
         ax = axes[0][1]
         for key, group_logs in proxy.items():
             ax.plot(*mean_curve(group_logs, "objective/scores"), color=colors[key], label=f"{_label(key)} proxy")
             ax.plot(*mean_curve(group_logs, "objective/gold"), color=colors[key], ls="--",
                     label=f"{_label(key)} gold")
-        ax.set_xlabel("step")
-        ax.set_ylabel("reward")
-        ax.set_title("Proxy (reward model) score vs gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish_axes(ax, "step", "reward", "Proxy (reward model) score vs gold reward")
     return fig
 
 

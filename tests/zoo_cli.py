@@ -1,0 +1,15 @@
+"""Running the real ``zoo`` command in a subprocess, offline, with the stage cache in a given directory."""
+
+import os
+import subprocess
+import sys
+
+
+def zoo(*args, cache, check=True):
+    """``zoo ARGS`` with ``ZOO_CACHE=cache``; raises with its stderr if it fails and ``check``."""
+    env = {**os.environ, "ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
