@@ -1,4 +1,5 @@
-"""The ``zoo`` command: ``zoo train``, ``zoo world build`` (thin wrappers; the work lives in the library)."""
+"""The ``zoo`` command: ``zoo train``, ``zoo compare``, ``zoo report``, ``zoo label``, ``zoo world build`` (thin
+wrappers; the work lives in the library)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ USAGE = """usage: zoo <command> [args]
 
 commands:
   train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
+  compare [overrides]   the preset comparison (all algorithms x 3 seeds + best-of-N) and its report;
+                        experiment=frontier sweeps beta / KL coefficient per algorithm
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
@@ -82,6 +85,20 @@ def main(argv: list[str] | None = None) -> None:
         _train_main()
         if _failures:
             print(_error(f"{len(_failures)} run(s) failed: {', '.join(_failures)}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "compare":
+        from hydra.errors import HydraException
+
+        from zoo.compare import main as compare_main
+
+        _quiet_libraries()
+        try:
+            failures = compare_main(rest)
+        except (HydraException, ValueError, FileNotFoundError) as err:  # bad overrides, data: one paragraph
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
+            raise SystemExit(1)
+        if failures:
+            print(_error(f"{failures} run(s) or sweep(s) failed: see the report's failed runs"), file=sys.stderr)
             raise SystemExit(1)
     elif command == "label":
         from zoo.label import main as label_main

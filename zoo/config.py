@@ -150,6 +150,22 @@ class StagesConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``zoo compare``'s plan (conf/compare/*.yaml); ``zoo train`` ignores it."""
+
+    # each sweep is one Hydra multirun: `zoo train -m <overrides> seed=<seeds>` (sweep syntax allowed)
+    sweeps: list[list[str]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    feedback: list[str] = field(default_factory=lambda: ["gold"])  # shared stages are built for each, first
+    best_of_n: list[int] = field(default_factory=list)  # N values; 1 is the SFT reference's own row; [] skips
+    best_of_n_prompts: int = 128  # the first eval prompts, each with a pool of best_of_n_pool reference samples
+    best_of_n_pool: int = 128  # keep it >= 2 * max N: the KL estimate is biased low for N near the pool size
+    launcher: str = "joblib"  # hydra/launcher for the sweeps: joblib (this machine) | basic | submitit_slurm ...
+    n_jobs: int = 2  # joblib: runs at a time (each gets cpu_count / n_jobs torch threads)
+    out: str = "outputs/compare/${now:%Y-%m-%d_%H-%M-%S}"  # report, best-of-N and run dirs
+
+
+@dataclass
 class TrainConfig:
     algo: AlgoConfig = MISSING
     model: ModelConfig = MISSING
@@ -160,7 +176,9 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     seed: int = 0
+    tag: str | None = None  # a label the report groups by next to algo and feedback (sweeps: tag=beta${algo.loss.beta})
 
 
 def compose_train_config(overrides: list[str]):

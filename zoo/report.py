@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 import warnings
 from collections import defaultdict
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REPORT_METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "judge_win_rate_vs_ref", "mean_length",
-                  "distinct_2", "fluency", "train_seconds", "peak_memory_mb")
+                  "distinct_2", "fluency", "train_seconds", "peak_memory_mb", "kl_bound")
 
 # The markdown table's columns after algo | feedback | seeds: (metric, header, decimals). Seconds and
 # megabytes are shown whole: their seed-to-seed spread is far above one unit.
@@ -167,27 +168,35 @@ def is_finished(run: dict) -> bool:
     return run.get("status") == "finished"
 
 
-def group_key(run: dict) -> tuple[str, str]:
-    """The (algo, feedback) a run is reported under."""
-    return str(run.get("algo", "?")), str(run.get("feedback", "?"))
+def group_key(run: dict) -> tuple[str, str, str]:
+    """The (algo, feedback, tag) a run is reported under; the tag ("" when unset) tells apart the points of a
+    hyperparameter sweep (``tag=beta0.1``) and best-of-N's N."""
+    return str(run.get("algo", "?")), str(run.get("feedback", "?")), str(run.get("tag") or "")
 
 
-def group_runs(runs: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Runs by (algo, feedback), groups in sorted order."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+def natural(text: str) -> tuple:
+    """A sort key that orders the numbers inside ``text`` by value: N=2 < N=16, beta0.03 < beta0.1."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", text)
+    return tuple((0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(parts) if part)
+
+
+def group_runs(runs: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """Runs by (algo, feedback, tag), groups in sorted order (tags by their numbers)."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for run in runs:
         groups[group_key(run)].append(run)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], natural(item[0][2]))))
 
 
 def aggregate(runs: Sequence[dict]) -> list[dict]:
-    """One row per (algo, feedback): algo, feedback, n_seeds (finished runs), n_failed, seeds, and for each
-    metric in REPORT_METRICS its ``mean_ci`` over the finished runs that report it (None if none does)."""
+    """One row per (algo, feedback, tag): algo, feedback, tag, n_seeds (finished runs), n_failed, seeds, and for
+    each metric in REPORT_METRICS its ``mean_ci`` over the finished runs that report it (None if none does)."""
     rows = []
-    for (algo, feedback), group in group_runs(runs).items():
+    for (algo, feedback, tag), group in group_runs(runs).items():
         finished = [run for run in group if is_finished(run)]
-        _warn_mixed_group(algo, feedback, finished)
-        row = {"algo": algo, "feedback": feedback, "n_seeds": len(finished), "n_failed": len(group) - len(finished),
+        _warn_mixed_group(" ".join(filter(None, (algo, tag))), feedback, finished)
+        row = {"algo": algo, "feedback": feedback, "tag": tag, "n_seeds": len(finished),
+               "n_failed": len(group) - len(finished),
                "seeds": sorted((run.get("seed") for run in finished), key=str)}
         for metric in REPORT_METRICS:
             values = [v for v in (run_value(run, metric) for run in finished) if v is not None]
@@ -216,7 +225,7 @@ def _warn_mixed_group(algo: str, feedback: str, finished: list[dict]) -> None:
 
 def csv_columns() -> list[str]:
     """results.csv's header: the group, its counts, then mean, CI bounds and n for each metric."""
-    columns = ["algo", "feedback", "n_seeds", "n_failed"]
+    columns = ["algo", "feedback", "tag", "n_seeds", "n_failed"]
     for metric in REPORT_METRICS:
         columns += [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_n"]
     return columns
@@ -224,7 +233,7 @@ def csv_columns() -> list[str]:
 
 def csv_row(row: dict) -> dict:
     """An ``aggregate`` row flattened for results.csv; a missing metric or CI is an empty cell."""
-    flat = {key: row[key] for key in ("algo", "feedback", "n_seeds", "n_failed")}
+    flat = {key: row[key] for key in ("algo", "feedback", "tag", "n_seeds", "n_failed")}
     for metric in REPORT_METRICS:
         stats = row[metric] or {}
         flat[f"{metric}_mean"] = stats.get("mean")
@@ -261,7 +270,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = str(row["n_seeds"]) + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
-        cells = [row["algo"], row["feedback"], seeds,
+        cells = [" ".join(filter(None, (row["algo"], row["tag"]))), row["feedback"], seeds,
                  *(format_cell(row[metric], decimals, row["n_seeds"]) for metric, _, decimals in TABLE_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -274,13 +283,58 @@ FIGURE_CAPTIONS = {
 }
 
 
+def best_of_n_table(rows: Sequence[dict]) -> str | None:
+    """Best-of-N's rows (those with an analytical KL): N, gold reward, the KL estimate next to the bound, win
+    rate; None when there are none."""
+    bon = [row for row in rows if row["kl_bound"] is not None and row["kl_to_ref"] is not None]
+    if not bon:
+        return None
+    lines = ["| N | selected by | gold reward | KL estimate | KL bound log N - (N-1)/N | win rate |",
+             "|---|---|---|---|---|---|"]
+    for row in bon:
+        n = row["tag"].removeprefix("N=") or "1"
+        lines.append(f"| {n} | {row['feedback']} RM | {format_cell(row['gold_reward'], 3, row['n_seeds'])} | "
+                     f"{row['kl_to_ref']['mean']:.2f} | {row['kl_bound']['mean']:.2f} | "
+                     f"{format_cell(row['win_rate_vs_ref'], 3, row['n_seeds'])} |")
+    return "\n".join(lines)
+
+
+def provenance_section(record: dict) -> list[str]:
+    """How the results were made: command, commit, machine and the time each phase took (``zoo compare``)."""
+    lines = ["## How these results were made", ""]
+    if record.get("command"):
+        lines.append(f"- command: `{record['command']}`")
+    if record.get("commit"):
+        lines.append(f"- git commit: `{record['commit']}`" + (" (with uncommitted changes)" if record.get("dirty") else ""))
+    machine = record.get("machine") or {}
+    if machine:
+        gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
+        lines.append(f"- machine: {machine.get('cpu_count')} CPU cores ({machine.get('processor')}){gpu}; "
+                     f"{machine.get('platform')}; Python {machine.get('python')}, torch {machine.get('torch')}")
+    if record.get("started"):
+        lines.append(f"- started: {record['started']}")
+    phases = record.get("phases") or {}
+    if record.get("total_seconds") is not None:
+        parts = ", ".join(f"{name.removesuffix('_seconds').replace('_', ' ')} {value / 60:.1f} min"
+                          for name, value in phases.items())
+        lines.append(f"- wall time: {record['total_seconds'] / 60:.1f} min ({parts})")
+    return [*lines, ""]
+
+
 def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequence[Path],
-                    skipped: Sequence[str] = ()) -> str:
-    """report.md: the table, what it is computed from, the failed and skipped runs, and the figures."""
+                    skipped: Sequence[str] = (), provenance: dict | None = None) -> str:
+    """report.md: the table, what it is computed from, best-of-N, the failed and skipped runs, the figures
+    and, from ``zoo compare``, how the results were made."""
     legend = ("Mean over finished seeds ± half-width of the 95% Student-t CI of that mean (mean alone for one "
               "seed; \"(n=k)\" where only k runs report the metric; \"-\" where none does). Gold reward and KL "
               "per run are means over the evaluation prompts.")
     parts = ["# Results", "", legend, "", markdown_table(rows), ""]
+    bon = best_of_n_table(rows)
+    if bon:
+        parts += ["## Best-of-N from the reference", "",
+                  "Each N read exactly off one pool of reference samples per prompt (zoo/best_of_n.py); no training. "
+                  "The KL estimate uses the reference's own probabilities of the kept completions; the bound is "
+                  "exact when no completion repeats.", "", bon, ""]
     failed = [run for run in runs if not is_finished(run)]
     if failed:
         parts += ["## Failed runs", ""]
@@ -295,20 +349,24 @@ def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequenc
         parts += [f"- [{path.name}]({path.name}): {FIGURE_CAPTIONS.get(path.name, '')}" for path in figures]
     else:
         parts.append("None: matplotlib is not installed (pip install 'zoo[plot]').")
+    if provenance:
+        parts += ["", *provenance_section(provenance)]
     return "\n".join(parts) + "\n"
 
 
-def write_report(runs: Sequence[dict], out_dir: str | Path, skipped: Sequence[str] = ()) -> list[Path]:
+def write_report(runs: Sequence[dict], out_dir: str | Path, skipped: Sequence[str] = (),
+                 provenance: dict | None = None) -> list[Path]:
     """Write results.csv, report.md and the figures for ``runs`` into ``out_dir``; returns the paths written.
 
-    ``skipped``: messages about run dirs that could not be read, listed in report.md.
+    ``skipped``: messages about run dirs that could not be read, listed in report.md. ``provenance``: how the
+    results were made (``zoo compare``'s record: command, commit, machine, timings).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
     write_csv(rows, out_dir / "results.csv")
     figures = write_figures(runs, rows, out_dir)
-    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped))
+    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped, provenance))
     return [out_dir / "results.csv", out_dir / "report.md", *figures]
 
 
@@ -336,14 +394,22 @@ def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path) -> 
 
 
 def _label(row_or_key) -> str:
-    algo, feedback = (row_or_key["algo"], row_or_key["feedback"]) if isinstance(row_or_key, dict) else row_or_key
-    return f"{algo}/{feedback}"
+    """"algo tag/feedback" of an aggregate row or a group key."""
+    algo, feedback, tag = ((row_or_key["algo"], row_or_key["feedback"], row_or_key.get("tag", ""))
+                           if isinstance(row_or_key, dict) else row_or_key)
+    return f"{' '.join(filter(None, (algo, tag)))}/{feedback}"
+
+
+def family(row_or_key) -> tuple[str, str]:
+    """(algo, feedback): the points of one sweep (one tag each) form a family, drawn in one colour and joined."""
+    return (row_or_key["algo"], row_or_key["feedback"]) if isinstance(row_or_key, dict) else row_or_key[:2]
 
 
 def _colors(plt, rows: Sequence[dict]) -> dict[tuple[str, str], object]:
-    """One colour per (algo, feedback), the same in every figure."""
-    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
-    return {(row["algo"], row["feedback"]): cmap(i % cmap.N) for i, row in enumerate(rows)}
+    """One colour per (algo, feedback) family, the same in every figure."""
+    families = list(dict.fromkeys(family(row) for row in rows))
+    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    return {key: cmap(i % cmap.N) for i, key in enumerate(families)}
 
 
 def _errs(stats: Sequence[dict]) -> list[list[float]]:
@@ -355,24 +421,39 @@ def _errs(stats: Sequence[dict]) -> list[list[float]]:
 
 
 def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
-    """Gold reward vs KL to the reference: each run a small point, each group's mean a large one with CI bars
-    in both directions; the reference policy itself sits at KL 0."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    """Gold reward vs KL to the reference (the DPO paper's Figure 2): each run a small point, each group's mean
+    a large one with CI bars in both directions. The groups of one family (a hyperparameter sweep, best-of-N's
+    N) are joined in order of KL and labelled by tag; best-of-N is also drawn at its analytical KL,
+    log N - (N-1)/N (hollow, dotted). The reference policy itself sits at KL 0."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     colors = _colors(plt, rows)
     finished = [run for run in runs if is_finished(run)]
     for key, group in group_runs(finished).items():
         points = [(run_value(r, "kl_to_ref"), run_value(r, "gold_reward")) for r in group]
         points = [(x, y) for x, y in points if x is not None and y is not None]
-        if points:
-            ax.scatter(*zip(*points), color=colors[key], alpha=0.4, s=18)
-    for row in rows:
-        kl, gold = row["kl_to_ref"], row["gold_reward"]
-        if kl is not None and gold is not None:
-            ax.errorbar(kl["mean"], gold["mean"], xerr=_errs([kl]), yerr=_errs([gold]), fmt="o", ms=7, capsize=3,
-                        color=colors[(row["algo"], row["feedback"])], label=_label(row))
+        if points and len(group) > 1:  # single-run groups: the mean marker is the run
+            ax.scatter(*zip(*points), color=colors[family(key)], alpha=0.35, s=14)
+    plotted = [row for row in rows if row["kl_to_ref"] is not None and row["gold_reward"] is not None]
+    for fam in dict.fromkeys(family(row) for row in plotted):
+        members = sorted((row for row in plotted if family(row) == fam), key=lambda row: row["kl_to_ref"]["mean"])
+        color, label = colors[fam], f"{fam[0]}/{fam[1]}"
+        if len(members) > 1:
+            ax.plot([r["kl_to_ref"]["mean"] for r in members], [r["gold_reward"]["mean"] for r in members],
+                    color=color, lw=1.2, alpha=0.8)
+        for i, row in enumerate(members):
+            kl, gold = row["kl_to_ref"], row["gold_reward"]
+            ax.errorbar(kl["mean"], gold["mean"], xerr=_errs([kl]), yerr=_errs([gold]), fmt="o", ms=6, capsize=3,
+                        color=color, label=label if i == 0 else None)
+            if row["tag"] and len(members) > 1:
+                ax.annotate(row["tag"], (kl["mean"], gold["mean"]), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color=color)
+        bound = [(row["kl_bound"]["mean"], row["gold_reward"]["mean"]) for row in members if row["kl_bound"]]
+        if len(bound) > 1:
+            ax.plot(*zip(*bound), ls=":", marker="o", mfc="none", color=color, lw=1,
+                    label=f"{label} at log N - (N-1)/N")
     ref = [v for v in (run_value(run, "ref_gold_reward") for run in finished) if v is not None]
     if ref:
-        ax.scatter([0.0], [sum(ref) / len(ref)], marker="*", s=120, color="black", label="reference")
+        ax.scatter([0.0], [sum(ref) / len(ref)], marker="*", s=120, color="black", label="reference", zorder=3)
     _finish_axes(ax, "KL to reference (nats per completion)", "gold reward", "Reward vs KL frontier")
     return fig
 
@@ -439,13 +520,13 @@ def plot_curves(plt, runs: Sequence[dict], rows: Sequence[dict]):
     for key, group_logs in logs.items():
         steps, loss = mean_curve(group_logs, "loss")
         if steps:
-            ax.plot(steps, loss, color=colors[key], label=_label(key))
+            ax.plot(steps, loss, color=colors[family(key)], label=_label(key))
     _finish_axes(ax, "step", "training loss", "Training loss (mean over seeds)")
     if proxy:
         ax = axes[0][1]
         for key, group_logs in proxy.items():
-            ax.plot(*mean_curve(group_logs, "objective/scores"), color=colors[key], label=f"{_label(key)} proxy")
-            ax.plot(*mean_curve(group_logs, "objective/gold"), color=colors[key], ls="--",
+            ax.plot(*mean_curve(group_logs, "objective/scores"), color=colors[family(key)], label=f"{_label(key)} proxy")
+            ax.plot(*mean_curve(group_logs, "objective/gold"), color=colors[family(key)], ls="--",
                     label=f"{_label(key)} gold")
         _finish_axes(ax, "step", "reward", "Proxy (reward model) score vs gold reward")
     return fig

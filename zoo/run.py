@@ -205,7 +205,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     if reward_path is None:  # d-RLAIF: the judge's expected rating is the reward, no reward model
         scorer = JudgeScorer(instantiate(cfg.feedback.source))
     else:
-        scorer = _reward_model_scorer(cfg, policy, reward_path, tokenizer)
+        scorer = reward_model_scorer(cfg, policy, reward_path, tokenizer)
     if shared is not None and algo.value_init == "reward":
         add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
     elif shared is not None:
@@ -230,7 +230,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     return Built(model, policy, reference, online_source, info)
 
 
-def _reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) -> RewardScorer:
+def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) -> RewardScorer:
     """The frozen reward model at ``reward_path`` as a rollout scorer: an adapter (+ head) on the policy's
     own base when it is a LoRA reward model, else a separate model."""
     m = cfg.model
@@ -243,6 +243,18 @@ def _reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) -
         score_fn = lambda ids, mask: reward(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
     return RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, cfg.algo.rollout.forward_batch_size)
+
+
+def shared_stages(cfg: DictConfig) -> dict[str, Path]:
+    """Build (or find in the cache) the stages every world run of ``cfg``'s feedback starts from, without
+    training anything else: the SFT reference, its labelled pairs and the reward model trained on them.
+    ``zoo compare`` calls this once per feedback source before it launches the runs, so parallel runs
+    find their stages ready instead of queueing on the cache's locks. Returns the paths built."""
+    if not (cfg.data.sft_stage and cfg.data.preference_stage and cfg.data.prompts_path):
+        raise DataError(f"data={cfg.data.name} has no SFT and preference stages to share (data=world has)")
+    reference = stages.sft_stage(cfg, Path(cfg.data.demonstrations_path))
+    pairs = stages.preference_stage(cfg, reference, Path(cfg.data.prompts_path))
+    return {"reference": reference, "pairs": pairs, "reward_model": stages.reward_stage(cfg, reference, pairs)}
 
 
 def evaluate_policy_run(cfg: DictConfig, policy, reference, tokenizer, prompts: list) -> tuple[dict, list]:
@@ -279,7 +291,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     metrics: dict = {"algo": cfg.algo.name, "feedback": cfg.feedback.name, "model": cfg.model.name,
-                     "data": cfg.data.name, "seed": cfg.seed, "status": "running"}
+                     "data": cfg.data.name, "seed": cfg.seed, "tag": cfg.tag, "status": "running"}
     try:
         metrics.update(_train(cfg, run_dir))
         metrics["status"] = "finished"

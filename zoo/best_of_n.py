@@ -1,0 +1,161 @@
+"""Best-of-N sampling: the baseline every RL method's reward-vs-KL frontier is judged against.
+
+For each prompt, draw N completions from the reference and keep the one the reward model scores
+highest. Nothing is trained, so the only price is N samples and N reward-model calls per prompt.
+
+We draw one pool of M reference samples per prompt and read every N off it exactly: best-of-N
+with replacement from the pool keeps the pool sample at score level s with probability
+
+    P(keep level s) = F_M(s)^N - F_M^-(s)^N,
+
+F_M(s) = #(scores <= s) / M and F_M^-(s) = #(scores < s) / M, split evenly over the samples tied at
+s. Every reported metric (gold reward, win rate, length, fluency) is the expectation under these
+weights, so it carries no selection noise; as M grows it tends to true best-of-N.
+
+KL to the reference. With continuous scores, pi_N(y) / pi_ref(y) = N F(s(y))^(N-1) and
+
+    KL(pi_N || pi_ref) = log N - (N - 1) / N
+
+exactly (Stiennon et al. 2020, appendix G.3); when completions can repeat, as they do when the
+reference puts much mass on a few strings, it is only an upper bound (Beirami et al. 2024). We also
+estimate it on the pool: the KL between best-of-N on the pool and the pool itself,
+
+    KL_hat = sum_j w_j log(M w_j),
+
+w_j the keep probability above. Identical completions tie, so they share one level and the estimate
+falls below the bound exactly where completions repeat. The finite pool biases it low by little: with
+distinct completions it is 3.164 nats for N = 64 from M = 128 (bound 3.175), 1.834 for N = 16 (1.835).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+
+def kl_bound(n: int) -> float:
+    """log N - (N - 1) / N: the KL of best-of-N to its reference with continuous scores, an upper bound
+    when completions can repeat. 0 for N = 1 (the reference itself)."""
+    if n < 1:
+        raise ValueError(f"best-of-N needs N >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def keep_probs(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, M) probabilities that best-of-``n`` with replacement from each row's pool of M scores keeps each
+    sample; tied samples share their level's probability equally. Each row sums to 1.
+
+    scores: (P, M) reward-model scores, one row of M pool samples per prompt.
+    """
+    m = scores.shape[-1]
+    below = (scores.unsqueeze(-1) > scores.unsqueeze(-2)).sum(-1).double()  # (P, M): #{j: s_j < s_i}
+    tied = (scores.unsqueeze(-1) == scores.unsqueeze(-2)).sum(-1).double()  # (P, M): #{j: s_j = s_i}, >= 1
+    return (((below + tied) / m) ** n - (below / m) ** n) / tied
+
+
+def kl_estimate(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """(P,) per-prompt KL in nats between best-of-``n`` on each prompt's pool and the pool itself:
+    sum_j w_j log(M w_j), with w = ``keep_probs`` (0 log 0 = 0). scores: (P, M)."""
+    weights = keep_probs(scores, n)
+    terms = weights * torch.log(scores.shape[-1] * weights)
+    return torch.where(weights > 0, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def win_probs(gold: torch.Tensor) -> torch.Tensor:
+    """(P, M) probability that each pool sample beats an independent reference sample by gold reward (ties
+    count half), the other M - 1 samples of its prompt's pool standing in for the reference."""
+    m = gold.shape[-1]
+    wins = (gold.unsqueeze(-1) > gold.unsqueeze(-2)).double() + 0.5 * (gold.unsqueeze(-1) == gold.unsqueeze(-2))
+    return (wins.sum(-1) - 0.5) / (m - 1)  # minus the sample's tie with itself
+
+
+def expectations(weights: torch.Tensor, values: torch.Tensor) -> list[float]:
+    """Per-prompt expectations sum_j w_ij v_ij of ``values`` (P, M) under ``weights`` (P, M)."""
+    return (weights * values.double()).sum(-1).tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# The baseline on the world: one pool per prompt from the SFT reference, every N read off it
+# ------------------------------------------------------------------------------------------------
+
+
+def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size: int) -> list[dict]:
+    """Best-of-N for each N in ``ns`` (N = 1 is the SFT reference itself) on the first ``num_prompts``
+    eval prompts, selected by the reward model of ``cfg``'s feedback (the cached reward stage).
+
+    Writes one run dir per N under ``out_dir`` (``sft/`` for N = 1, ``best_of_N/`` otherwise) with
+    metrics.json in the run-dir contract, so ``zoo report`` reads them next to trained policies, and
+    samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
+    Returns the metrics written."""
+    from zoo.data.load import read_rows
+    from zoo.evaluate import distinct_n, mean_ci
+    from zoo.models import load_causal_lm, load_tokenizer
+    from zoo.rollout import sample
+    from zoo.run import reward_model_scorer, shared_stages
+
+    if not cfg.data.world_metrics:
+        raise ValueError(f"best-of-N is measured by gold reward, which data={cfg.data.name} does not have")
+    bad = [n for n in ns if n < 1 or n > pool_size]
+    if bad:
+        raise ValueError(f"best-of-N sizes must be in 1..pool_size ({pool_size}), got {bad}")
+    from zoo.world.gold import gold_reward
+    from zoo.world.grammar import is_grammatical
+
+    paths = shared_stages(cfg)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(str(paths["reference"]), cfg.model.trust_remote_code)
+    model = load_causal_lm(str(paths["reference"]), cfg.model.dtype, cfg.model.trust_remote_code).eval()
+    prompts = [row["prompt"] for row in read_rows(Path(cfg.data.eval_path))][:num_prompts]
+    p, m = len(prompts), pool_size
+    pool_prompts = [prompt for prompt in prompts for _ in range(m)]  # prompt-major: item i * M + j
+    pool = sample(model, tokenizer, pool_prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
+                  cfg.eval.batch_size, seed=20_000 + cfg.seed, desc=f"best-of-N: {m} reference samples x {p} prompts")
+    lengths = torch.tensor([len(ids) for ids in pool.completion_ids])
+    scorer = reward_model_scorer(cfg, model, str(paths["reward_model"]), tokenizer)
+    scores = scorer(pool_prompts, pool.texts, next(model.parameters()).device).cpu()
+    gold = torch.tensor(gold_reward(pool.texts), dtype=torch.float64)
+    grammatical = torch.tensor([float(is_grammatical(q + c)) for q, c in zip(pool_prompts, pool.texts)])
+    seconds = time.perf_counter() - started
+    # (P, M) views: row = prompt, column = pool sample
+    scores, gold = scores.view(p, m), gold.view(p, m)
+    lengths, grammatical = lengths.view(p, m).double(), grammatical.view(p, m)
+    wins = win_probs(gold)
+    texts = [pool.texts[i * m:(i + 1) * m] for i in range(p)]
+
+    written = []
+    for n in ns:
+        weights = keep_probs(scores, n)
+        best_of_first_n = scores[:, :n].argmax(-1).tolist()  # one realisation, for samples.jsonl
+        shown = [texts[i][j] for i, j in enumerate(best_of_first_n)]
+        metrics = {
+            "algo": "sft" if n == 1 else "best_of_n", "feedback": "none" if n == 1 else cfg.feedback.name,
+            "tag": "" if n == 1 else f"N={n}", "n": n, "model": cfg.model.name, "data": cfg.data.name,
+            "seed": cfg.seed, "status": "finished",
+            "gold_reward": mean_ci(expectations(weights, gold)),
+            "ref_gold_reward": mean_ci(gold.mean(-1).tolist()),
+            "kl_to_ref": mean_ci(kl_estimate(scores, n).tolist()),
+            "kl_bound": kl_bound(n),
+            "win_rate_vs_ref": sum(expectations(weights, wins)) / p,
+            "rm_score": sum(expectations(weights, scores)) / p,
+            "mean_length": sum(expectations(weights, lengths)) / p,
+            "fluency": sum(expectations(weights, grammatical)) / p,
+            "distinct_2": distinct_n(shown),
+            "train_seconds": 0.0,  # nothing is trained: the cost is n samples + n RM calls per prompt at inference
+            "pool_seconds": seconds, "samples_per_prompt": n, "pool_size": m, "num_eval_prompts": p,
+            "reference": str(paths["reference"]), "reward_model": str(paths["reward_model"]),
+        }
+        run_dir = out_dir / ("sft" if n == 1 else f"best_of_{n}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        with open(run_dir / "samples.jsonl", "w") as f:
+            for i, prompt in enumerate(prompts):
+                f.write(json.dumps({"prompt": prompt, "completion": shown[i], "ref_completion": texts[i][0],
+                                    "gold_reward": gold[i, best_of_first_n[i]].item(),
+                                    "ref_gold_reward": gold[i, 0].item()}) + "\n")
+        written.append(metrics)
+    return written
+

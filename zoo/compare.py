@@ -1,0 +1,269 @@
+"""``zoo compare [overrides]``: the preset comparison, from shared stages to one report.
+
+1. **Stages, once.** For each feedback source in ``compare.feedback``: the SFT reference, the
+   reference's pairs labelled by that source, and the reward model trained on them (``shared_stages``).
+   Every run below starts from these, so all methods share the starting policy, prompts and labels.
+2. **Best-of-N** from the reference, selected by the reward model (``zoo.best_of_n``); N = 1 is the
+   SFT reference's own row.
+3. **Runs.** Each entry of ``compare.sweeps`` is one Hydra multirun, ``zoo train -m <overrides>
+   seed=<seeds>``, under ``hydra/launcher=<compare.launcher>`` (``joblib``: ``compare.n_jobs`` runs at
+   a time on this machine; ``submitit_slurm`` with its own ``hydra.launcher.*`` overrides: a cluster).
+   A progress bar follows every run's log; a run that fails is recorded as failed (its metrics.json
+   says so) and the others go on.
+4. **Report.** ``zoo report`` over the runs and best-of-N, plus ``compare.json``: the command, the git
+   commit, the machine and the time each phase took.
+
+Every override except ``compare.*`` is passed on to each run (``experiment=smoke``, ``trainer.*``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+POLL_SECONDS = 2.0
+
+
+def split_top_level(value: str) -> list[str]:
+    """``value`` split at commas outside brackets and quotes: Hydra's sweep list ``a,b,[c,d]`` -> 3 items."""
+    items, depth, quote, current = [], 0, None, ""
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += ch
+    return [*items, current]
+
+
+def sweep_size(overrides: list[str]) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of ``overrides`` (the product of the comma lists), or None
+    when one uses a sweep function (``range(...)``, ``choice(...)``) that this does not expand."""
+    size = 1
+    for override in overrides:
+        _, _, value = override.partition("=")
+        if re.match(r"\s*(range|choice|interval|glob)\(", value):
+            return None
+        size *= len(split_top_level(value))
+    return size
+
+
+def run_overrides(overrides: list[str]) -> list[str]:
+    """The user's overrides every run gets: all but ``compare.*`` (which only steer this command)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("compare.")]
+
+
+def sweep_command(sweep: list[str], seeds: list[int], passed: list[str], sweep_dir: Path, launcher: str,
+                  n_jobs: int) -> list[str]:
+    """The ``zoo train -m`` command line of one sweep."""
+    command = [sys.executable, "-m", "zoo.cli", "train", "-m", *passed, *sweep]
+    if not any(o.split("=")[0].lstrip("+") == "seed" for o in sweep):
+        command.append("seed=" + ",".join(str(s) for s in seeds))
+    command += [f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}"]
+    if launcher == "joblib":
+        command.append(f"hydra.launcher.n_jobs={n_jobs}")
+        if n_jobs > 1 and not any(o.startswith("trainer.cpu_threads=") for o in passed + sweep):
+            # n_jobs processes share the cores: one process's torch threads each, not all of them each
+            command.append(f"trainer.cpu_threads={max(1, (os.cpu_count() or 1) // n_jobs)}")
+    return command
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+
+def run_states(root: Path) -> dict[Path, dict]:
+    """Every run dir under ``root``: {"status": running | finished | failed, "step", "max_steps", "name"}.
+
+    A run dir has the config.yaml ``train()`` writes first; metrics.json comes last, with the status."""
+    states = {}
+    for config in root.rglob("config.yaml"):
+        run_dir = config.parent
+        if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+            continue  # Hydra's own .hydra/config.yaml
+        state = {"status": "running", "step": 0, "max_steps": None, "name": run_dir.name}
+        metrics = run_dir / "metrics.json"
+        if metrics.exists():
+            try:
+                state["status"] = json.loads(metrics.read_text()).get("status", "failed")
+            except (OSError, json.JSONDecodeError):
+                pass  # being written: still running
+        if state["status"] == "running":
+            state["step"] = last_step(run_dir / "log.jsonl")
+            try:
+                state["max_steps"] = OmegaConf.load(config).trainer.max_steps
+            except Exception:  # noqa: BLE001 - a half-written config: no total yet
+                pass
+        states[run_dir] = state
+    return states
+
+
+def last_step(log: Path) -> int:
+    """The last logged step of a run (0 before its first log line)."""
+    try:
+        lines = log.read_text().strip().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return 0
+
+
+def follow(process: subprocess.Popen, root: Path, bar: tqdm, done_before: int) -> dict[Path, dict]:
+    """Update ``bar`` from the run dirs under ``root`` until ``process`` exits; returns the final states."""
+    while True:
+        exited = process.poll() is not None
+        states = run_states(root)
+        ended = [s for s in states.values() if s["status"] != "running"]
+        bar.n = done_before + len(ended)
+        failed = sum(s["status"] != "finished" for s in ended)
+        running = [f"{s['name']} {s['step']}/{s['max_steps'] or '?'}" for s in states.values()
+                   if s["status"] == "running"]
+        bar.set_postfix_str(("failed " + str(failed) + " | " if failed else "") + ", ".join(running[:4]),
+                            refresh=False)
+        bar.refresh()
+        if exited:
+            return states
+        time.sleep(POLL_SECONDS)
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+def git_commit() -> dict:
+    """The checkout's commit and whether it had uncommitted changes (None outside a git checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine() -> dict:
+    """What the comparison ran on: enough to judge its timings."""
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+        info["processor"] = model
+    except (OSError, StopIteration):
+        pass
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str]) -> int:
+    """Run the comparison for ``argv`` (Hydra overrides); returns the number of failed runs."""
+    from zoo.best_of_n import run_best_of_n
+    from zoo.config import compose_train_config
+    from zoo.report import ReportWarning, collect_runs, markdown_table, aggregate, write_report
+    from zoo.run import shared_stages
+
+    started = time.perf_counter()
+    overrides = list(argv)
+    cfg = compose_train_config(overrides)
+    plan = cfg.compare
+    out = Path(plan.out)
+    out.mkdir(parents=True, exist_ok=True)
+    passed = run_overrides(overrides)
+    sweeps = [list(sweep) for sweep in plan.sweeps]
+    seeds = list(plan.seeds)
+    phases: dict[str, float] = {}
+    record = {"command": "zoo compare " + shlex.join(overrides), **git_commit(), "machine": machine(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sweeps": sweeps, "seeds": seeds, "phases": phases}
+    (out / "compare.json").write_text(json.dumps(record, indent=2))
+
+    # 1. the shared stages, once per feedback source
+    phase = time.perf_counter()
+    for feedback in plan.feedback:
+        print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
+        shared_stages(compose_train_config([*passed, f"feedback={feedback}"]))
+    phases["stages_seconds"] = time.perf_counter() - phase
+
+    # 2. best-of-N (and the reference's own row, N = 1)
+    phase = time.perf_counter()
+    if plan.best_of_n:
+        print(f"[zoo compare] best-of-N for N in {list(plan.best_of_n)}", flush=True)
+        run_best_of_n(cfg, out / "best_of_n", list(plan.best_of_n), plan.best_of_n_prompts, plan.best_of_n_pool)
+    phases["best_of_n_seconds"] = time.perf_counter() - phase
+
+    # 3. the runs: one Hydra multirun per sweep, followed by one progress bar
+    phase = time.perf_counter()
+    sizes = [sweep_size([*sweep, "seed=" + ",".join(map(str, seeds))]) for sweep in sweeps]
+    total = sum(sizes) if None not in sizes else None
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    sweep_failures = []
+    with tqdm(total=total, desc="zoo compare: runs", unit="run", dynamic_ncols=True) as bar:
+        done = 0
+        for i, sweep in enumerate(sweeps):
+            command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", plan.launcher, plan.n_jobs)
+            with open(logs / f"sweep{i}.log", "w") as log:
+                log.write("$ " + shlex.join(command) + "\n\n")
+                log.flush()
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                states = follow(process, out / "runs" / f"sweep{i}", bar, done)
+            done += len(states)
+            if process.returncode != 0 and not any(s["status"] == "failed" for s in states.values()):
+                # nothing recorded a failure, so the sweep itself broke (a bad override, a launcher error)
+                tail = (logs / f"sweep{i}.log").read_text()[-2000:].strip().splitlines()[-1:]
+                sweep_failures.append(f"sweep {i} ({' '.join(sweep)}) exited {process.returncode} before its "
+                                      f"runs finished: {' '.join(tail)} (log: {logs / f'sweep{i}.log'})")
+    phases["runs_seconds"] = time.perf_counter() - phase
+
+    # 4. the report
+    phase = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        runs = collect_runs([out / "best_of_n", out / "runs"])
+    skipped = [*sweep_failures, *dict.fromkeys(str(w.message) for w in caught)]
+    phases["report_seconds"] = time.perf_counter() - phase
+    record["total_seconds"] = time.perf_counter() - started
+    failed = [run["run_dir"] for run in runs if run.get("status") != "finished"]
+    record.update(runs=len(runs), failed_runs=failed, sweep_failures=sweep_failures)
+    (out / "compare.json").write_text(json.dumps(record, indent=2))
+    paths = write_report(runs, out, skipped, provenance=record)
+    print(markdown_table(aggregate(runs)))
+    print()
+    for message in skipped:
+        print(f"zoo compare: warning: {message}", file=sys.stderr)
+    print(f"[zoo compare] {len(runs)} runs ({len(failed)} failed) in {minutes(record['total_seconds'])}: stages "
+          f"{minutes(phases['stages_seconds'])}, best-of-N {minutes(phases['best_of_n_seconds'])}, runs "
+          f"{minutes(phases['runs_seconds'])}")
+    print(f"[zoo compare] report: {paths[1]}")
+    return len(failed) + len(sweep_failures)
