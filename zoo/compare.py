@@ -201,7 +201,9 @@ def main(argv: list[str]) -> int:
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     passed = run_overrides(overrides)
-    sweeps = [list(sweep) for sweep in plan.sweeps]
+    # a sweep's ``tag=beta\${algo.loss.beta}`` (escaped in YAML) reaches each run as ``tag=beta${algo.loss.beta}``,
+    # which resolves there
+    sweeps = [[str(o) for o in sweep] for sweep in OmegaConf.to_container(plan.sweeps, resolve=True)]
     seeds = list(plan.seeds)
     phases: dict[str, float] = {}
     record = {"command": "zoo compare " + shlex.join(overrides), **git_commit(), "machine": machine(),

@@ -547,7 +547,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         skipped = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
         if not runs:
             raise FileNotFoundError(f"no readable metrics.json under {', '.join(map(str, args.dirs))}")
-        paths = write_report(runs, args.out or args.dirs[0], skipped)
+        record = args.dirs[0] / "compare.json"  # a zoo compare dir: keep its provenance in the report
+        provenance = json.loads(record.read_text()) if record.is_file() else None
+        paths = write_report(runs, args.out or args.dirs[0], skipped, provenance)
         table = markdown_table(aggregate(runs))
     # Re-printed plainly (the warnings module would add this file's name and line), each once: write_report
     # and the table above both aggregate.

@@ -1,0 +1,112 @@
+"""``zoo compare``: a shrunken comparison end to end (every algorithm, two seeds, best-of-N, a run that fails),
+its helpers, and the notebook executed against its output."""
+
+import csv
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo_cli import zoo
+from zoo.best_of_n import kl_bound
+from zoo.compare import run_overrides, split_top_level, sweep_command, sweep_size
+
+ALGOS = ("ppo", "rlaif", "orpo", "dpo", "ipo", "kto")
+NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "explore.ipynb"
+
+
+def test_split_top_level_keeps_brackets_and_quotes_whole():
+    assert split_top_level("a,b,[c,d],'e,f'") == ["a", "b", "[c,d]", "'e,f'"]
+    assert split_top_level("dpo") == ["dpo"]
+
+
+def test_sweep_size_is_the_product_of_the_comma_lists():
+    assert sweep_size(["arm=ppo,dpo,ipo", "seed=0,1,2"]) == 9
+    assert sweep_size(["arm=dpo", "algo.loss.beta=0.1,0.3", "tag=beta${algo.loss.beta}", "seed=0"]) == 2
+    assert sweep_size(["seed=range(3)"]) is None  # a sweep function: the bar shows a count, not a total
+
+
+def test_run_overrides_drop_only_the_compare_plan():
+    assert run_overrides(["experiment=smoke", "compare.n_jobs=1", "+compare.x=1", "trainer.max_steps=5"]) == [
+        "experiment=smoke", "trainer.max_steps=5"]
+
+
+def test_sweep_command_shares_the_cores_between_parallel_runs(tmp_path):
+    command = sweep_command(["arm=dpo,ipo"], [0, 1, 2], ["experiment=smoke"], tmp_path, "joblib", 2)
+    assert command[:5] == [sys.executable, "-m", "zoo.cli", "train", "-m"]
+    assert "seed=0,1,2" in command and f"hydra.sweep.dir={tmp_path}" in command
+    assert "hydra/launcher=joblib" in command and "hydra.launcher.n_jobs=2" in command
+    assert f"trainer.cpu_threads={max(1, (os.cpu_count() or 1) // 2)}" in command
+    # a sweep that sets its own seeds keeps them; the basic launcher gets no joblib keys
+    basic = sweep_command(["arm=dpo", "seed=7"], [0], [], tmp_path, "basic", 2)
+    assert "seed=0" not in basic and not any(o.startswith("hydra.launcher.") for o in basic)
+
+
+@pytest.fixture(scope="module")
+def compared(cache, tmp_path_factory):
+    """One shrunken `zoo compare`: every algorithm x 2 seeds, best-of-N for N = 1, 2, 4 from pools of 8, and
+    a second sweep whose run fails (DPO with beta = -1)."""
+    out = tmp_path_factory.mktemp("compare")
+    sweeps = '[["arm=ppo,rlaif,orpo,dpo,ipo,kto"],["arm=dpo","algo.loss.beta=-1","tag=broken"]]'
+    proc = zoo("compare", "experiment=smoke", f"compare.sweeps={sweeps}", "compare.seeds=[0,1]",
+               "compare.best_of_n=[1,2,4]", "compare.best_of_n_prompts=8", "compare.best_of_n_pool=8",
+               f"compare.out={out}", cache=cache, check=False)
+    return out, proc
+
+
+def test_compare_runs_everything_and_reports_the_failed_run(compared):
+    out, proc = compared
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one run failed: the command says so ...
+    assert "1 run(s) or sweep(s) failed" in proc.stderr
+    assert "[zoo compare] 16 runs (1 failed)" in proc.stdout  # ... after every other run finished
+    runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("metrics.json")]
+    finished = sorted((r["algo"], r["seed"]) for r in runs if r["status"] == "finished")
+    assert finished == sorted((algo, seed) for algo in ALGOS for seed in (0, 1))
+    failed = [r for r in runs if r["status"] == "failed"]
+    assert len(failed) == 1 and "beta must be > 0" in failed[0]["error"] and failed[0]["tag"] == "broken"
+    report = (out / "report.md").read_text()
+    assert "## Failed runs" in report and "beta must be > 0" in report
+
+
+def test_compare_table_has_every_algorithm_and_best_of_n(compared):
+    out, _ = compared
+    rows = {(r["algo"], r["feedback"], r["tag"]): r for r in csv.DictReader(open(out / "results.csv"))}
+    for algo in ALGOS:
+        row = rows[(algo, "judge" if algo == "rlaif" else "gold", "")]
+        assert row["n_seeds"] == "2" and row["gold_reward_ci_low"] != ""  # two seeds: a CI
+    assert rows[("dpo", "gold", "broken")]["n_failed"] == "1"
+    assert float(rows[("sft", "none", "")]["kl_to_ref_mean"]) == pytest.approx(0.0, abs=1e-9)
+    for n in (2, 4):
+        row = rows[("best_of_n", "gold", f"N={n}")]
+        assert float(row["kl_bound_mean"]) == pytest.approx(kl_bound(n))
+        assert 0 < float(row["kl_to_ref_mean"]) <= kl_bound(n) + 1e-9
+    for figure in ("frontier.png", "win_rates.png", "curves.png"):
+        assert (out / figure).stat().st_size > 10_000
+
+
+def test_compare_records_how_the_results_were_made(compared):
+    out, proc = compared
+    record = json.loads((out / "compare.json").read_text())
+    assert record["command"].startswith("zoo compare experiment=smoke")
+    assert len(record["commit"]) == 40 and record["machine"]["cpu_count"] >= 1
+    assert set(record["phases"]) == {"stages_seconds", "best_of_n_seconds", "runs_seconds", "report_seconds"}
+    assert record["total_seconds"] > 0 and re.search(r"16 runs \(1 failed\) in \d+ min \d+ s", proc.stdout)
+    assert "## How these results were made" in (out / "report.md").read_text()
+
+
+def test_the_notebook_executes_against_the_comparison(compared, cache, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")  # in the test extra: CI always runs this
+    from nbclient import NotebookClient
+
+    out, _ = compared
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    for key, value in (("ZOO_RUNS", out), ("ZOO_CACHE", cache), ("ZOO_NOTEBOOK_RUN_DIR", tmp_path / "dpo")):
+        monkeypatch.setenv(key, str(value))  # the kernel inherits them
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    assert json.loads((tmp_path / "dpo" / "metrics.json").read_text())["status"] == "finished"
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
