@@ -1,11 +1,12 @@
 """Best-of-N's exact expectations over a pool (zoo/best_of_n.py), computed by hand on tiny pools."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from zoo.best_of_n import keep_probs, kl_bound, kl_estimate, win_probs
+from zoo.best_of_n import keep_probs, kl_bound, kl_estimate, subset_keep_probs, win_probs
 
 
 def test_keep_probs_by_hand():
@@ -68,3 +69,24 @@ def test_win_probs_count_ties_half_and_leave_the_sample_itself_out():
     assert win_probs(torch.tensor([[0.0, 1.0, 1.0]])).tolist()[0] == pytest.approx([0.0, 0.75, 0.75])
     # the reference against itself wins half the time on average
     assert win_probs(torch.randn(4, 16)).mean().item() == pytest.approx(0.5)
+
+
+def test_subset_keep_probs_by_hand():
+    # the 2-subsets of {1, 2, 3} are {1,2}, {1,3}, {2,3}: the best is 2 once and 3 twice
+    assert subset_keep_probs(torch.tensor([[1.0, 2.0, 3.0]]), 2).tolist()[0] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    # {1, 2, 2}: every 2-subset holds a 2, shared by the two tied samples
+    assert subset_keep_probs(torch.tensor([[1.0, 2.0, 2.0]]), 2).tolist()[0] == pytest.approx([0.0, 0.5, 0.5])
+    # N = M keeps the pool's best; N = 1 is the pool itself
+    assert subset_keep_probs(torch.tensor([[0.3, 0.9, 0.1]]), 3).tolist()[0] == pytest.approx([0.0, 1.0, 0.0])
+    assert subset_keep_probs(torch.tensor([[0.3, 0.9, 0.1]]), 1).tolist()[0] == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="1..3"):
+        subset_keep_probs(torch.tensor([[0.3, 0.9, 0.1]]), 4)
+
+
+def test_subset_weights_average_best_of_n_over_every_subset():
+    # the weighted gold equals the mean, over all C(8, 3) subsets, of the gold of each subset's top-scored sample
+    torch.manual_seed(1)
+    scores, gold = torch.randn(1, 8), torch.randn(1, 8)
+    subsets = list(itertools.combinations(range(8), 3))
+    brute = sum(gold[0, max(s, key=lambda j: scores[0, j])].item() for s in subsets) / len(subsets)
+    assert (subset_keep_probs(scores, 3) * gold).sum().item() == pytest.approx(brute)

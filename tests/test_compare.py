@@ -64,6 +64,7 @@ def test_compare_runs_everything_and_reports_the_failed_run(compared):
     assert "[zoo compare] 16 runs (1 failed)" in proc.stdout  # ... after every other run finished
     runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("metrics.json")]
     finished = sorted((r["algo"], r["seed"]) for r in runs if r["status"] == "finished")
+    assert {r["peak_memory_source"] for r in runs if r["status"] == "finished"} == {"run_peak_rss"}
     assert finished == sorted((algo, seed) for algo in ALGOS for seed in (0, 1))
     failed = [r for r in runs if r["status"] == "failed"]
     assert len(failed) == 1 and "beta must be > 0" in failed[0]["error"] and failed[0]["tag"] == "broken"
@@ -110,3 +111,15 @@ def test_the_notebook_executes_against_the_comparison(compared, cache, tmp_path,
     assert json.loads((tmp_path / "dpo" / "metrics.json").read_text())["status"] == "finished"
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_each_run_measures_its_own_peak_memory():
+    # a multirun reuses worker processes: a run must not report the peak of the run before it
+    from zoo.run import peak_memory_mb, reset_peak_memory
+
+    block = bytearray(400 * 2**20)  # the previous run's peak (bytearray zero-fills, so the pages are resident)
+    del block
+    lifetime, _ = peak_memory_mb(False)
+    assert reset_peak_memory()  # Linux: VmHWM reset through /proc/self/clear_refs
+    peak, source = peak_memory_mb(True)
+    assert source == "run_peak_rss" and peak < lifetime - 300

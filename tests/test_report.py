@@ -327,3 +327,40 @@ def test_half_width_formula_matches_hand_computation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning from a plain computation
         mean_ci([1.0, 1.0])
+
+
+def test_tags_split_groups_and_sort_by_their_numbers(tmp_path):
+    # a beta sweep and best-of-N: one group per tag, in numeric order (N=2 before N=16), family shared
+    for beta in ("1.0", "0.03", "0.3"):
+        write_run(tmp_path, f"dpo-{beta}", tag=f"beta{beta}", gold_reward=eval_dict(float(beta)),
+                  kl_to_ref=eval_dict(1 / float(beta)))
+    for n in (16, 2, 4):
+        write_run(tmp_path, f"bon-{n}", algo="best_of_n", tag=f"N={n}", gold_reward=eval_dict(0.1 * n),
+                  kl_to_ref=eval_dict(math.log(n)), kl_bound=math.log(n) - (n - 1) / n)
+    rows = aggregate(collect_runs([tmp_path]))
+    assert [(r["algo"], r["tag"]) for r in rows] == [("best_of_n", "N=2"), ("best_of_n", "N=4"), ("best_of_n", "N=16"),
+                                                     ("dpo", "beta0.03"), ("dpo", "beta0.3"), ("dpo", "beta1.0")]
+    assert all(r["n_seeds"] == 1 for r in rows)  # the same seed under different tags is no repeat
+    write_report(collect_runs([tmp_path]), tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| dpo beta0.03 | gold | 1 |" in report
+    # best-of-N gets its own table with the bound next to the estimate, N in order
+    table = report.split("## Best-of-N from the reference")[1].split("##")[0]
+    assert table.index("| 2 |") < table.index("| 4 |") < table.index("| 16 |")
+    assert f"| {math.log(16):.2f} | {math.log(16) - 15 / 16:.2f} |" in table
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+
+
+def test_provenance_is_rendered_and_picked_up_by_zoo_report(tmp_path, capsys):
+    three_seeds(tmp_path)
+    record = {"command": "zoo compare experiment=smoke", "commit": "a" * 40, "dirty": True,
+              "machine": {"cpu_count": 2, "processor": "CPU X", "gpu": None, "platform": "Linux", "python": "3.11",
+                          "torch": "2.13.0"},
+              "phases": {"stages_seconds": 60.0, "runs_seconds": 600.0}, "total_seconds": 690.0}
+    (tmp_path / "compare.json").write_text(json.dumps(record))
+    cli.main(["report", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "- command: `zoo compare experiment=smoke`" in report
+    assert f"`{'a' * 40}` (with uncommitted changes)" in report
+    assert "2 CPU cores (CPU X), no GPU" in report
+    assert "wall time: 11.5 min (stages 1.0 min, runs 10.0 min)" in report

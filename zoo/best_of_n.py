@@ -3,14 +3,15 @@
 For each prompt, draw N completions from the reference and keep the one the reward model scores
 highest. Nothing is trained, so the only price is N samples and N reward-model calls per prompt.
 
-We draw one pool of M reference samples per prompt and read every N off it exactly: best-of-N
-with replacement from the pool keeps the pool sample at score level s with probability
+We draw one pool of M reference samples per prompt and read every N <= M off it exactly. A random
+N-subset of M i.i.d. samples is itself N i.i.d. samples, so averaging best-of-N over all N-subsets of
+the pool is an unbiased estimate of best-of-N (a U-statistic). The pool sample of rank i (1 = lowest
+score) is the best of a random N-subset with probability
 
-    P(keep level s) = F_M(s)^N - F_M^-(s)^N,
+    C(i - 1, N - 1) / C(M, N),
 
-F_M(s) = #(scores <= s) / M and F_M^-(s) = #(scores < s) / M, split evenly over the samples tied at
-s. Every reported metric (gold reward, win rate, length, fluency) is the expectation under these
-weights, so it carries no selection noise; as M grows it tends to true best-of-N.
+levels of tied scores sharing their mass evenly. Every reported reward metric (gold reward, win rate,
+length, fluency, RM score) is the expectation under these weights, so it carries no selection noise.
 
 KL to the reference. With continuous scores, pi_N(y) / pi_ref(y) = N F(s(y))^(N-1) and
 
@@ -18,13 +19,15 @@ KL to the reference. With continuous scores, pi_N(y) / pi_ref(y) = N F(s(y))^(N-
 
 exactly (Stiennon et al. 2020, appendix G.3); when completions can repeat, as they do when the
 reference puts much mass on a few strings, it is only an upper bound (Beirami et al. 2024). We also
-estimate it on the pool: the KL between best-of-N on the pool and the pool itself,
+estimate it on the pool: the KL between best-of-N *with replacement* from the pool and the pool itself,
 
-    KL_hat = sum_j w_j log(M w_j),
+    KL_hat = sum_j w_j log(M w_j),   w_j = F_M(s_j)^N - F_M^-(s_j)^N  (split over ties),
 
-w_j the keep probability above. Identical completions tie, so they share one level and the estimate
+F_M(s) = #(scores <= s) / M and F_M^-(s) = #(scores < s) / M. (The subset weights above would give
+log M at N = M, which says more about the pool than about best-of-N.) Identical completions tie, so they share one level and the estimate
 falls below the bound exactly where completions repeat. The finite pool biases it low by little: with
-distinct completions it is 3.164 nats for N = 64 from M = 128 (bound 3.175), 1.834 for N = 16 (1.835).
+distinct completions it is 3.134 nats for N = M = 64 (bound 3.175), 3.164 from M = 128, 1.832 for
+N = 16 from M = 64 (1.835).
 """
 
 from __future__ import annotations
@@ -55,6 +58,27 @@ def keep_probs(scores: torch.Tensor, n: int) -> torch.Tensor:
     below = (scores.unsqueeze(-1) > scores.unsqueeze(-2)).sum(-1).double()  # (P, M): #{j: s_j < s_i}
     tied = (scores.unsqueeze(-1) == scores.unsqueeze(-2)).sum(-1).double()  # (P, M): #{j: s_j = s_i}, >= 1
     return (((below + tied) / m) ** n - (below / m) ** n) / tied
+
+
+def subset_keep_probs(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, M) probabilities that each pool sample is the best of a uniformly random ``n``-subset of its row's
+    pool (without replacement); tied samples share their level's probability equally. Each row sums to 1.
+
+    A level whose scores are >= those of ``a`` samples and > those of ``b`` gets (C(a, n) - C(b, n)) / C(M, n).
+    scores: (P, M), n <= M.
+    """
+    m = scores.shape[-1]
+    if not 1 <= n <= m:
+        raise ValueError(f"best-of-{n} from a pool of {m}: N must be in 1..{m}")
+    below = (scores.unsqueeze(-1) > scores.unsqueeze(-2)).sum(-1).double()  # (P, M)
+    tied = (scores.unsqueeze(-1) == scores.unsqueeze(-2)).sum(-1).double()
+
+    def comb_ratio(a: torch.Tensor) -> torch.Tensor:  # C(a, n) / C(M, n), 0 where a < n
+        log_c = torch.lgamma(a + 1) - torch.lgamma(a - n + 1).where(a >= n, torch.zeros_like(a))
+        ratio = (log_c - math.lgamma(m + 1) + math.lgamma(m - n + 1)).exp()
+        return torch.where(a >= n, ratio, torch.zeros_like(a))
+
+    return (comb_ratio(below + tied) - comb_ratio(below)) / tied
 
 
 def kl_estimate(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -128,7 +152,7 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
 
     written = []
     for n in ns:
-        weights = keep_probs(scores, n)
+        weights = subset_keep_probs(scores, n)  # unbiased for best-of-n's rewards; the KL uses keep_probs
         best_of_first_n = scores[:, :n].argmax(-1).tolist()  # one realisation, for samples.jsonl
         shown = [texts[i][j] for i, j in enumerate(best_of_first_n)]
         metrics = {

@@ -131,7 +131,9 @@ def last_step(log: Path) -> int:
 
 
 def follow(process: subprocess.Popen, root: Path, bar: tqdm, done_before: int) -> dict[Path, dict]:
-    """Update ``bar`` from the run dirs under ``root`` until ``process`` exits; returns the final states."""
+    """Update ``bar`` from the run dirs under ``root`` until ``process`` exits; returns the final states.
+    In a terminal the bar redraws every poll; into a file or pipe only when a run ends."""
+    live = sys.stderr.isatty()
     while True:
         exited = process.poll() is not None
         states = run_states(root)
@@ -140,9 +142,12 @@ def follow(process: subprocess.Popen, root: Path, bar: tqdm, done_before: int) -
         failed = sum(s["status"] != "finished" for s in ended)
         running = [f"{s['name']} {s['step']}/{s['max_steps'] or '?'}" for s in states.values()
                    if s["status"] == "running"]
+        changed = bar.n != bar.last_print_n
         bar.set_postfix_str(("failed " + str(failed) + " | " if failed else "") + ", ".join(running[:4]),
                             refresh=False)
-        bar.refresh()
+        if live or changed:
+            bar.refresh()
+            bar.last_print_n = bar.n
         if exited:
             return states
         time.sleep(POLL_SECONDS)

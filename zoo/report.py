@@ -284,16 +284,17 @@ FIGURE_CAPTIONS = {
 
 
 def best_of_n_table(rows: Sequence[dict]) -> str | None:
-    """Best-of-N's rows (those with an analytical KL): N, gold reward, the KL estimate next to the bound, win
-    rate; None when there are none."""
+    """Best-of-N's rows (those with an analytical KL; N = 1 is the reference): N, gold reward, the KL estimate
+    next to the bound, win rate; None when there are none."""
     bon = [row for row in rows if row["kl_bound"] is not None and row["kl_to_ref"] is not None]
     if not bon:
         return None
     lines = ["| N | selected by | gold reward | KL estimate | KL bound log N - (N-1)/N | win rate |",
              "|---|---|---|---|---|---|"]
-    for row in bon:
-        n = row["tag"].removeprefix("N=") or "1"
-        lines.append(f"| {n} | {row['feedback']} RM | {format_cell(row['gold_reward'], 3, row['n_seeds'])} | "
+    for row in sorted(bon, key=lambda row: natural(row["tag"])):
+        n = row["tag"].removeprefix("N=") or "1 (the reference)"
+        selector = f"RM ({row['feedback']} feedback)" if row["tag"] else "-"
+        lines.append(f"| {n} | {selector} | {format_cell(row['gold_reward'], 3, row['n_seeds'])} | "
                      f"{row['kl_to_ref']['mean']:.2f} | {row['kl_bound']['mean']:.2f} | "
                      f"{format_cell(row['win_rate_vs_ref'], 3, row['n_seeds'])} |")
     return "\n".join(lines)
@@ -332,9 +333,11 @@ def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequenc
     bon = best_of_n_table(rows)
     if bon:
         parts += ["## Best-of-N from the reference", "",
-                  "Each N read exactly off one pool of reference samples per prompt (zoo/best_of_n.py); no training. "
-                  "The KL estimate uses the reference's own probabilities of the kept completions; the bound is "
-                  "exact when no completion repeats.", "", bon, ""]
+                  "Nothing is trained: per prompt, N reference samples are scored by the reward model and the best "
+                  "is kept. Every N is read exactly off one pool of reference samples per prompt (zoo/best_of_n.py). "
+                  "The KL estimate is the exact KL between best-of-N on the pool and the pool itself; the bound is "
+                  "exact when no completion repeats, and the estimate falls below it where completions do.", "",
+                  bon, ""]
     failed = [run for run in runs if not is_finished(run)]
     if failed:
         parts += ["## Failed runs", ""]

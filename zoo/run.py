@@ -44,10 +44,37 @@ from zoo.rollout import Experience, JudgeScorer, RewardScorer
 from zoo.trainer import DatasetBatches, fit
 
 
-def peak_memory_mb() -> tuple[float, str]:
-    """Peak memory of this process: CUDA allocator peak on a GPU, else the process's peak RSS."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def reset_peak_memory() -> bool:
+    """Start this run's peak afresh: the CUDA allocator's peak, and on Linux the process's RSS high-water mark
+    (writing 5 to /proc/self/clear_refs resets VmHWM). Without it a run in a reused process (the joblib
+    workers of a multirun, the basic launcher's one process) would report the largest peak of any run
+    before it. Returns whether the RSS peak could be reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(rss_reset: bool = False) -> tuple[float, str]:
+    """Peak memory: the CUDA allocator's peak on a GPU; else the RSS high-water mark since
+    ``reset_peak_memory`` (``rss_reset``), else the process's lifetime peak RSS."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    hwm = _proc_status_mb("VmHWM") if rss_reset else None
+    if hwm is not None:
+        return hwm, "run_peak_rss"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
@@ -55,11 +82,8 @@ def current_memory_mb() -> float:
     """Memory in use now, on the same scale as ``peak_memory_mb``: CUDA allocated, else resident set size."""
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated() / 2**20
-    try:
-        status = Path("/proc/self/status").read_text()
-        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):  # not Linux: no cheap RSS reading; the peak alone is still reported
-        return float("nan")
+    rss = _proc_status_mb("VmRSS")  # not Linux: no cheap RSS reading; the peak alone is still reported
+    return float("nan") if rss is None else rss
 
 
 def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
@@ -325,6 +349,7 @@ def feedback_info(source: str) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    rss_reset = reset_peak_memory()  # this run's peak, not the process's (multirun workers are reused)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.trainer.cpu_threads:
@@ -359,10 +384,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # --- train ---
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()  # on a GPU the peak is training's alone, as before
     result = fit(built.model, loss_fn, batches, cfg.trainer, run_dir, seed=cfg.seed,
                  reference=reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}")
-    peak, peak_source = peak_memory_mb()
+    peak, peak_source = peak_memory_mb(rss_reset)
     save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \
         else {}  # PPO under LoRA: the policy's adapter only (value / reward adapters live on the same model)
     policy.save_pretrained(run_dir / "model", safe_serialization=True, **save_kwargs)
