@@ -12,7 +12,7 @@ import pytest
 
 from zoo_cli import zoo
 from zoo.best_of_n import kl_bound
-from zoo.compare import run_overrides, split_top_level, sweep_command, sweep_size
+from zoo.compare import is_hydra_override, launcher_of, run_overrides, split_top_level, sweep_command, sweep_size
 
 ALGOS = ("ppo", "rlaif", "orpo", "dpo", "ipo", "kto")
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "explore.ipynb"
@@ -43,6 +43,16 @@ def test_sweep_command_shares_the_cores_between_parallel_runs(tmp_path):
     # a sweep that sets its own seeds keeps them; the basic launcher gets no joblib keys
     basic = sweep_command(["arm=dpo", "seed=7"], [0], [], tmp_path, "basic", 2)
     assert "seed=0" not in basic and not any(o.startswith("hydra.launcher.") for o in basic)
+
+
+def test_a_hydra_launcher_override_picks_the_launcher_and_reaches_the_runs(tmp_path):
+    # `zoo compare hydra/launcher=submitit_slurm hydra.launcher.partition=gpu`: the cluster launcher, its settings
+    overrides = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "compare.n_jobs=4", "seed=1"]
+    assert launcher_of(overrides, "joblib") == "submitit_slurm" and launcher_of(["seed=1"], "joblib") == "joblib"
+    assert [o for o in overrides if is_hydra_override(o)] == overrides[:2]  # kept out of the compare's own compose
+    command = sweep_command(["arm=dpo"], [0], run_overrides(overrides), tmp_path, "submitit_slurm", 4)
+    assert command.count("hydra/launcher=submitit_slurm") == 1 and "hydra.launcher.partition=gpu" in command
+    assert not any(o.startswith(("hydra.launcher.n_jobs", "trainer.cpu_threads")) for o in command)
 
 
 @pytest.fixture(scope="module")

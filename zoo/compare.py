@@ -6,8 +6,9 @@
 2. **Best-of-N** from the reference, selected by the reward model (``zoo.best_of_n``); N = 1 is the
    SFT reference's own row.
 3. **Runs.** Each entry of ``compare.sweeps`` is one Hydra multirun, ``zoo train -m <overrides>
-   seed=<seeds>``, under ``hydra/launcher=<compare.launcher>`` (``joblib``: ``compare.n_jobs`` runs at
-   a time on this machine; ``submitit_slurm`` with its own ``hydra.launcher.*`` overrides: a cluster).
+   seed=<seeds>``, under ``compare.launcher`` or a ``hydra/launcher=X`` override (``joblib``:
+   ``compare.n_jobs`` runs at a time on this machine; ``submitit_slurm`` with its own
+   ``hydra.launcher.*`` overrides: a cluster).
    A progress bar follows every run's log; a run that fails is recorded as failed (its metrics.json
    says so) and the others go on.
 4. **Report.** ``zoo report`` over the runs and best-of-N, plus ``compare.json``: the command, the git
@@ -72,15 +73,29 @@ def run_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith("compare.")]
 
 
+def is_hydra_override(override: str) -> bool:
+    """``hydra.*`` / ``hydra/launcher=...``: Hydra's own settings, which only a launched multirun reads."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def launcher_of(overrides: list[str], default: str) -> str:
+    """The launcher the sweeps use: ``hydra/launcher=X`` on the command line, else ``compare.launcher``."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra/launcher=")]
+    return chosen[-1] if chosen else default
+
+
 def sweep_command(sweep: list[str], seeds: list[int], passed: list[str], sweep_dir: Path, launcher: str,
                   n_jobs: int) -> list[str]:
     """The ``zoo train -m`` command line of one sweep."""
     command = [sys.executable, "-m", "zoo.cli", "train", "-m", *passed, *sweep]
     if not any(o.split("=")[0].lstrip("+") == "seed" for o in sweep):
         command.append("seed=" + ",".join(str(s) for s in seeds))
-    command += [f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}"]
+    command.append(f"hydra.sweep.dir={sweep_dir}")
+    if not any(o.lstrip("+").startswith("hydra/launcher=") for o in passed):
+        command.append(f"hydra/launcher={launcher}")
     if launcher == "joblib":
-        command.append(f"hydra.launcher.n_jobs={n_jobs}")
+        if not any(o.startswith("hydra.launcher.n_jobs=") for o in passed):
+            command.append(f"hydra.launcher.n_jobs={n_jobs}")
         if n_jobs > 1 and not any(o.startswith("trainer.cpu_threads=") for o in passed + sweep):
             # n_jobs processes share the cores: one process's torch threads each, not all of them each
             command.append(f"trainer.cpu_threads={max(1, (os.cpu_count() or 1) // n_jobs)}")
@@ -201,11 +216,12 @@ def main(argv: list[str]) -> int:
 
     started = time.perf_counter()
     overrides = list(argv)
-    cfg = compose_train_config(overrides)
+    cfg = compose_train_config([o for o in overrides if not is_hydra_override(o)])  # hydra.*: for the runs
     plan = cfg.compare
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     passed = run_overrides(overrides)
+    launcher = launcher_of(overrides, plan.launcher)
     # a sweep's ``tag=beta\${algo.loss.beta}`` (escaped in YAML) reaches each run as ``tag=beta${algo.loss.beta}``,
     # which resolves there
     sweeps = [[str(o) for o in sweep] for sweep in OmegaConf.to_container(plan.sweeps, resolve=True)]
@@ -219,7 +235,7 @@ def main(argv: list[str]) -> int:
     phase = time.perf_counter()
     for feedback in plan.feedback:
         print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
-        shared_stages(compose_train_config([*passed, f"feedback={feedback}"]))
+        shared_stages(compose_train_config([*(o for o in passed if not is_hydra_override(o)), f"feedback={feedback}"]))
     phases["stages_seconds"] = time.perf_counter() - phase
 
     # 2. best-of-N (and the reference's own row, N = 1)
@@ -239,7 +255,7 @@ def main(argv: list[str]) -> int:
     with tqdm(total=total, desc="zoo compare: runs", unit="run", dynamic_ncols=True) as bar:
         done = 0
         for i, sweep in enumerate(sweeps):
-            command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", plan.launcher, plan.n_jobs)
+            command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", launcher, plan.n_jobs)
             with open(logs / f"sweep{i}.log", "w") as log:
                 log.write("$ " + shlex.join(command) + "\n\n")
                 log.flush()
