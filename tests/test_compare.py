@@ -58,9 +58,9 @@ def test_a_hydra_launcher_override_picks_the_launcher_and_reaches_the_runs(tmp_p
 @pytest.fixture(scope="module")
 def compared(cache, tmp_path_factory):
     """One shrunken `zoo compare`: every algorithm x 2 seeds, best-of-N for N = 1, 2, 4 from pools of 8, and
-    a second sweep whose run fails (DPO with beta = -1)."""
+    a second sweep of one run that fails (DPO with beta = -1, its own seed)."""
     out = tmp_path_factory.mktemp("compare")
-    sweeps = '[["arm=ppo,rlaif,orpo,dpo,ipo,kto"],["arm=dpo","algo.loss.beta=-1","tag=broken"]]'
+    sweeps = '[["arm=ppo,rlaif,orpo,dpo,ipo,kto"],["arm=dpo","algo.loss.beta=-1","tag=broken","seed=0"]]'
     proc = zoo("compare", "experiment=smoke", f"compare.sweeps={sweeps}", "compare.seeds=[0,1]",
                "compare.best_of_n=[1,2,4]", "compare.best_of_n_prompts=8", "compare.best_of_n_pool=8",
                f"compare.out={out}", cache=cache, check=False)
@@ -71,7 +71,7 @@ def test_compare_runs_everything_and_reports_the_failed_run(compared):
     out, proc = compared
     assert proc.returncode == 1, proc.stderr[-3000:]  # one run failed: the command says so ...
     assert "1 run(s) or sweep(s) failed" in proc.stderr
-    assert "[zoo compare] 16 runs (1 failed)" in proc.stdout  # ... after every other run finished
+    assert "[zoo compare] 13 runs (1 failed) + best-of-N" in proc.stdout  # ... after every other run finished
     runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("metrics.json")]
     finished = sorted((r["algo"], r["seed"]) for r in runs if r["status"] == "finished")
     assert {r["peak_memory_source"] for r in runs if r["status"] == "finished"} == {"run_peak_rss"}
@@ -103,8 +103,9 @@ def test_compare_records_how_the_results_were_made(compared):
     record = json.loads((out / "compare.json").read_text())
     assert record["command"].startswith("zoo compare experiment=smoke")
     assert len(record["commit"]) == 40 and record["machine"]["cpu_count"] >= 1
-    assert set(record["phases"]) == {"stages_seconds", "best_of_n_seconds", "runs_seconds", "report_seconds"}
-    assert record["total_seconds"] > 0 and re.search(r"16 runs \(1 failed\) in \d+ min \d+ s", proc.stdout)
+    assert set(record["phases"]) == {"stages_seconds", "best_of_n_seconds", "runs_seconds"}
+    assert record["runs"] == 13 and len(record["failed_runs"]) == 1 and record["report_seconds"] > 0
+    assert record["total_seconds"] > 0 and re.search(r"\(1 failed\) \+ best-of-N in \d+ min \d+ s", proc.stdout)
     assert "## How these results were made" in (out / "report.md").read_text()
 
 

@@ -158,7 +158,7 @@ def follow(process: subprocess.Popen, root: Path, bar: tqdm, done_before: int) -
         running = [f"{s['name']} {s['step']}/{s['max_steps'] or '?'}" for s in states.values()
                    if s["status"] == "running"]
         changed = bar.n != bar.last_print_n
-        bar.set_postfix_str(("failed " + str(failed) + " | " if failed else "") + ", ".join(running[:4]),
+        bar.set_postfix_str(" | ".join(filter(None, (f"failed {failed}" if failed else "", ", ".join(running[:4])))),
                             refresh=False)
         if live or changed:
             bar.refresh()
@@ -269,24 +269,25 @@ def main(argv: list[str]) -> int:
                                       f"runs finished: {' '.join(tail)} (log: {logs / f'sweep{i}.log'})")
     phases["runs_seconds"] = time.perf_counter() - phase
 
-    # 4. the report
-    phase = time.perf_counter()
+    # 4. the report (its own few seconds are in compare.json, not in report.md's wall time)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        runs = collect_runs([out / "best_of_n", out / "runs"])
+        trained = collect_runs([out / "runs"]) if (out / "runs").is_dir() else []
+        best_of_n = collect_runs([out / "best_of_n"]) if plan.best_of_n else []
     skipped = [*sweep_failures, *dict.fromkeys(str(w.message) for w in caught)]
-    phases["report_seconds"] = time.perf_counter() - phase
     record["total_seconds"] = time.perf_counter() - started
-    failed = [run["run_dir"] for run in runs if run.get("status") != "finished"]
-    record.update(runs=len(runs), failed_runs=failed, sweep_failures=sweep_failures)
+    failed = [run["run_dir"] for run in trained if run.get("status") != "finished"]
+    record.update(runs=len(trained), failed_runs=failed, sweep_failures=sweep_failures)
+    phase = time.perf_counter()
+    paths = write_report([*best_of_n, *trained], out, skipped, provenance=record)
+    record["report_seconds"] = time.perf_counter() - phase
     (out / "compare.json").write_text(json.dumps(record, indent=2))
-    paths = write_report(runs, out, skipped, provenance=record)
-    print(markdown_table(aggregate(runs)))
+    print(markdown_table(aggregate([*best_of_n, *trained])))
     print()
     for message in skipped:
         print(f"zoo compare: warning: {message}", file=sys.stderr)
-    print(f"[zoo compare] {len(runs)} runs ({len(failed)} failed) in {minutes(record['total_seconds'])}: stages "
-          f"{minutes(phases['stages_seconds'])}, best-of-N {minutes(phases['best_of_n_seconds'])}, runs "
-          f"{minutes(phases['runs_seconds'])}")
+    print(f"[zoo compare] {len(trained)} runs ({len(failed)} failed) + best-of-N in "
+          f"{minutes(record['total_seconds'])}: stages {minutes(phases['stages_seconds'])}, best-of-N "
+          f"{minutes(phases['best_of_n_seconds'])}, runs {minutes(phases['runs_seconds'])}")
     print(f"[zoo compare] report: {paths[1]}")
     return len(failed) + len(sweep_failures)
