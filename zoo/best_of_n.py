@@ -17,15 +17,15 @@ KL to the reference. With continuous scores, pi_N(y) / pi_ref(y) = N F(s(y))^(N-
 
     KL(pi_N || pi_ref) = log N - (N - 1) / N
 
-exactly (Stiennon et al. 2020, appendix G.3); when completions can repeat, as they do when the
+exactly (Stiennon et al. 2020); when completions can repeat, as they do when the
 reference puts much mass on a few strings, it is only an upper bound (Beirami et al. 2024). We also
 estimate it on the pool: the KL between best-of-N *with replacement* from the pool and the pool itself,
 
     KL_hat = sum_j w_j log(M w_j),   w_j = F_M(s_j)^N - F_M^-(s_j)^N  (split over ties),
 
 F_M(s) = #(scores <= s) / M and F_M^-(s) = #(scores < s) / M. (The subset weights above would give
-log M at N = M, which says more about the pool than about best-of-N.) Identical completions tie, so they share one level and the estimate
-falls below the bound exactly where completions repeat. The finite pool biases it low by little: with
+log M at N = M, which says more about the pool than about best-of-N.) Identical completions tie, so
+they share one level and the estimate falls below the bound exactly where completions repeat. The finite pool biases it low by little: with
 distinct completions it is 3.134 nats for N = M = 64 (bound 3.175), 3.164 from M = 128, 1.832 for
 N = 16 from M = 64 (1.835).
 """

@@ -7,7 +7,7 @@ Reads every ``metrics.json`` (and its sibling ``log.jsonl``) under the given dir
   a 95% Student-t confidence interval of that mean, and the number of runs that reported it;
 - ``report.md``: the same numbers as a markdown table ("mean ± half-width"), the failed runs with their errors,
   the run dirs that could not be read, and the figures;
-- ``frontier.png``, ``win_rates.png``, ``curves.png`` when matplotlib is installed (``pip install zoo[plot]``).
+- ``frontier.png``, ``win_rates.png``, ``curves.png`` when matplotlib is installed (a dependency; a stripped install without it still writes the tables).
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequenc
     if figures:
         parts += [f"- [{path.name}]({path.name}): {FIGURE_CAPTIONS.get(path.name, '')}" for path in figures]
     else:
-        parts.append("None: matplotlib is not installed (pip install 'zoo[plot]').")
+        parts.append("None: matplotlib is not installed (pip install matplotlib).")
     if provenance:
         parts += ["", *provenance_section(provenance)]
     return "\n".join(parts) + "\n"
@@ -381,7 +381,7 @@ def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path) -> 
     try:
         import matplotlib
     except ImportError:
-        print("zoo report: matplotlib is not installed, no figures (pip install 'zoo[plot]')")
+        print("zoo report: matplotlib is not installed, no figures (pip install matplotlib)")
         return []
     matplotlib.use("Agg")  # files only: no display on a training box
     import matplotlib.pyplot as plt
