@@ -364,3 +364,53 @@ def test_provenance_is_rendered_and_picked_up_by_zoo_report(tmp_path, capsys):
     assert f"`{'a' * 40}` (with uncommitted changes)" in report
     assert "2 CPU cores (CPU X), no GPU" in report
     assert "wall time: 11.5 min (stages 1.0 min, runs 10.0 min)" in report
+
+
+def test_reference_star_counts_each_seed_once_and_defers_to_a_kl_zero_row(tmp_path):
+    """Runs of one seed share their reference samples, so the star is the mean over seeds, not over runs:
+    seed 0 (0.1, in two runs) and seed 1 (0.4) give 0.25, where a mean over runs would give 0.2. A group at
+    KL 0 (best-of-N's N = 1, the reference itself) is the reference's point, and then no star is drawn."""
+    from zoo.report import reference_gold
+
+    for name, algo, seed, ref in (("a", "dpo", 0, 0.1), ("b", "ipo", 0, 0.1), ("c", "dpo", 1, 0.4)):
+        write_run(tmp_path / "sweep", name, algo, seed=seed, gold_reward=eval_dict(0.5), kl_to_ref=eval_dict(1.0),
+                  ref_gold_reward=eval_dict(ref))
+    runs = collect_runs([tmp_path / "sweep"])
+    assert reference_gold(runs, aggregate(runs)) == pytest.approx(0.25)
+    write_run(tmp_path / "bon", "sft", "sft", "none", gold_reward=eval_dict(0.03), kl_to_ref=eval_dict(0.0),
+              ref_gold_reward=eval_dict(0.03))
+    runs = collect_runs([tmp_path / "sweep", tmp_path / "bon"])
+    assert reference_gold(runs, aggregate(runs)) is None
+
+
+def test_kl_error_bars_stop_at_zero():
+    """A 3-seed t-interval of a KL can reach below 0 (mean 1, CI -2..4); the bar stops at 0 (length 1 below,
+    not 3) and keeps its upper end (3 above). Without a floor the bar is the CI itself."""
+    from zoo.report import _errs
+
+    stats = {"mean": 1.0, "ci_low": -2.0, "ci_high": 4.0}
+    assert _errs([stats], floor=0.0) == [[1.0], [3.0]]
+    assert _errs([stats]) == [[3.0], [3.0]]
+
+
+def test_frontier_tag_labels_do_not_overlap(tmp_path):
+    """Five sweep points crowded within 0.01 of each other: each tag label goes where it overlaps no other
+    label (the first offset alone would stack all five)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zoo.report import plot_frontier
+
+    for i, beta in enumerate(("0.01", "0.03", "0.1", "0.3", "1.0")):
+        write_run(tmp_path, f"dpo-beta{beta}", tag=f"beta{beta}", gold_reward=eval_dict(0.5 + 0.002 * i),
+                  kl_to_ref=eval_dict(2.0 + 0.002 * i))
+    write_run(tmp_path, "far", tag="beta3.0", gold_reward=eval_dict(0.1), kl_to_ref=eval_dict(8.0))
+    runs = collect_runs([tmp_path])
+    fig = plot_frontier(plt, runs, aggregate(runs))
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in fig.axes[0].texts]
+    plt.close(fig)
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

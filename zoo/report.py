@@ -415,19 +415,61 @@ def _colors(plt, rows: Sequence[dict]) -> dict[tuple[str, str], object]:
     return {key: cmap(i % cmap.N) for i, key in enumerate(families)}
 
 
-def _errs(stats: Sequence[dict]) -> list[list[float]]:
+def _errs(stats: Sequence[dict], floor: float | None = None) -> list[list[float]]:
     """Error-bar lengths [below..., above...] the means, from the CIs. NaN without a CI (one seed): matplotlib
-    then draws no bar, where a zero-length one would read as a CI of zero width."""
-    below = [s["mean"] - s["ci_low"] if s["ci_low"] is not None else math.nan for s in stats]
+    then draws no bar, where a zero-length one would read as a CI of zero width. ``floor`` cuts the bars at
+    the metric's least possible value (a KL is >= 0; a t-interval from 3 seeds can reach below it)."""
+    lows = [max(s["ci_low"], floor) if s["ci_low"] is not None and floor is not None else s["ci_low"] for s in stats]
+    below = [s["mean"] - low if low is not None else math.nan for s, low in zip(stats, lows)]
     above = [s["ci_high"] - s["mean"] if s["ci_high"] is not None else math.nan for s in stats]
     return [below, above]
 
 
+def reference_gold(runs: Sequence[dict], rows: Sequence[dict]) -> float | None:
+    """Gold reward of the reference policy for the frontier's star at KL 0. None when a group already sits at
+    KL 0 (best-of-N's N = 1 row is the reference itself, measured on its whole pool of samples), so the plot
+    shows one reference, not two estimates of it. Otherwise the mean of the runs' ``ref_gold_reward``, each
+    seed counted once: runs of one seed share their reference samples."""
+    if any(row["kl_to_ref"] is not None and row["kl_to_ref"]["mean"] == 0.0 for row in rows):
+        return None
+    by_seed = {run.get("seed"): value for run in runs if is_finished(run)
+               if (value := run_value(run, "ref_gold_reward")) is not None}
+    return sum(by_seed.values()) / len(by_seed) if by_seed else None
+
+
+# Where a point's tag label may go, in points from the point, tried in order: (dx, dy, horizontal alignment)
+LABEL_OFFSETS = ((4, -10, "left"), (4, 4, "left"), (-4, 4, "right"), (-4, -10, "right"), (4, -19, "left"),
+                 (4, 13, "left"), (-4, -19, "right"), (-4, 13, "right"))
+
+
+def place_labels(ax, labels: Sequence[tuple[str, tuple[float, float], object]]) -> None:
+    """Annotates each (text, (x, y), colour) next to its point at the first of LABEL_OFFSETS where it overlaps
+    no marker and no label placed before it (compared in display coordinates, after the axes' limits are
+    final); where every offset collides, at the first one."""
+    from matplotlib.transforms import Bbox
+
+    ax.autoscale_view()
+    renderer = ax.figure.canvas.get_renderer()
+    taken = []
+    for _, xy, _ in labels:  # the markers: a 6 px box around each labelled point
+        x, y = ax.transData.transform(xy)
+        taken.append(Bbox.from_bounds(x - 3, y - 3, 6, 6))
+    for text, xy, color in labels:
+        last = len(LABEL_OFFSETS)  # the first offset again, kept whatever it overlaps
+        for i, (dx, dy, ha) in enumerate(LABEL_OFFSETS + LABEL_OFFSETS[:1]):
+            note = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7, color=color)
+            box = note.get_window_extent(renderer)
+            if i == last or not any(box.overlaps(other) for other in taken):
+                break
+            note.remove()
+        taken.append(box)
+
+
 def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
     """Gold reward vs KL to the reference (the DPO paper's Figure 2): each run a small point, each group's mean
-    a large one with CI bars in both directions. The groups of one family (a hyperparameter sweep, best-of-N's
-    N) are joined in order of KL and labelled by tag; best-of-N is also drawn at its analytical KL,
-    log N - (N-1)/N (hollow, dotted). The reference policy itself sits at KL 0."""
+    a large one with CI bars in both directions (cut at KL 0). The groups of one family (a hyperparameter
+    sweep, best-of-N's N) are joined in order of KL and labelled by tag; best-of-N is also drawn at its
+    analytical KL, log N - (N-1)/N (hollow, dotted). The reference policy itself sits at KL 0."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colors = _colors(plt, rows)
     finished = [run for run in runs if is_finished(run)]
@@ -437,32 +479,38 @@ def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
         if points and len(group) > 1:  # single-run groups: the mean marker is the run
             ax.scatter(*zip(*points), color=colors[family(key)], alpha=0.35, s=14)
     plotted = [row for row in rows if row["kl_to_ref"] is not None and row["gold_reward"] is not None]
+    labels = []
     for fam in dict.fromkeys(family(row) for row in plotted):
         members = sorted((row for row in plotted if family(row) == fam), key=lambda row: row["kl_to_ref"]["mean"])
         color, label = colors[fam], f"{fam[0]}/{fam[1]}"
+        if all(row["kl_to_ref"]["mean"] == 0.0 for row in members):
+            label += " (the reference)"
         if len(members) > 1:
             ax.plot([r["kl_to_ref"]["mean"] for r in members], [r["gold_reward"]["mean"] for r in members],
                     color=color, lw=1.2, alpha=0.8)
         for i, row in enumerate(members):
             kl, gold = row["kl_to_ref"], row["gold_reward"]
-            ax.errorbar(kl["mean"], gold["mean"], xerr=_errs([kl]), yerr=_errs([gold]), fmt="o", ms=6, capsize=3,
-                        color=color, label=label if i == 0 else None)
+            ax.errorbar(kl["mean"], gold["mean"], xerr=_errs([kl], floor=0.0), yerr=_errs([gold]), fmt="o", ms=6,
+                        capsize=3, color=color, label=label if i == 0 else None)
             if row["tag"] and len(members) > 1:
-                ax.annotate(row["tag"], (kl["mean"], gold["mean"]), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7, color=color)
+                labels.append((row["tag"], (kl["mean"], gold["mean"]), color))
         bound = [(row["kl_bound"]["mean"], row["gold_reward"]["mean"]) for row in members if row["kl_bound"]]
         if len(bound) > 1:
             ax.plot(*zip(*bound), ls=":", marker="o", mfc="none", color=color, lw=1,
                     label=f"{label} at log N - (N-1)/N")
-    ref = [v for v in (run_value(run, "ref_gold_reward") for run in finished) if v is not None]
-    if ref:
-        ax.scatter([0.0], [sum(ref) / len(ref)], marker="*", s=120, color="black", label="reference", zorder=3)
-    _finish_axes(ax, "KL to reference (nats per completion)", "gold reward", "Reward vs KL frontier")
+    ref = reference_gold(runs, rows)
+    if ref is not None:
+        ax.scatter([0.0], [ref], marker="*", s=120, color="black", label="reference", zorder=3)
+    place_labels(ax, labels)
+    _finish_axes(ax, "KL to reference (nats per completion)", "gold reward", "Reward vs KL frontier",
+                 legend_outside=True)
     return fig
 
 
-def _finish_axes(ax, xlabel: str | None, ylabel: str, title: str, grid: bool = True) -> None:
-    """Labels, title, a light grid and a legend (when anything was labelled) for one panel."""
+def _finish_axes(ax, xlabel: str | None, ylabel: str, title: str, grid: bool = True,
+                 legend_outside: bool = False) -> None:
+    """Labels, title, a light grid and a legend (when anything was labelled) for one panel; outside, to the
+    right of the axes, where points may fill any corner."""
     if xlabel is not None:
         ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -470,7 +518,7 @@ def _finish_axes(ax, xlabel: str | None, ylabel: str, title: str, grid: bool = T
     if grid:
         ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if legend_outside else {}))
 
 
 def plot_win_rates(plt, runs: Sequence[dict], rows: Sequence[dict]):
