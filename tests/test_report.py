@@ -414,3 +414,28 @@ def test_frontier_tag_labels_do_not_overlap(tmp_path):
     plt.close(fig)
     assert len(boxes) == 6
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_kl_error_bars_of_a_negative_mean_keep_no_bar_below():
+    """A KL estimate can come out negative on a noisy run (mean -0.1, CI -0.5..0.3): with the floor at 0 the
+    bar below is empty, never of negative length (matplotlib refuses those), and the bar above keeps 0.4."""
+    from zoo.report import _errs
+
+    [below], [above] = _errs([{"mean": -0.1, "ci_low": -0.5, "ci_high": 0.3}], floor=0.0)
+    assert below == 0.0 and above == pytest.approx(0.4)
+
+
+def test_a_figure_that_fails_is_reported_and_the_rest_still_written(tmp_path, monkeypatch, capsys):
+    """A plotting error costs its own figure only: the table, results.csv and the other figures are written,
+    and report.md and stderr name the figure and the error."""
+    import zoo.report
+
+    def broken(plt, runs, rows):
+        raise ValueError("bad bars")
+
+    monkeypatch.setattr(zoo.report, "plot_frontier", broken)
+    three_seeds(tmp_path / "runs")
+    paths = write_report(collect_runs([tmp_path / "runs"]), tmp_path / "out")
+    assert [path.name for path in paths] == ["results.csv", "report.md", "win_rates.png", "curves.png"]
+    assert "- frontier.png: not drawn (ValueError: bad bars)" in (tmp_path / "out" / "report.md").read_text()
+    assert "frontier.png not drawn: ValueError: bad bars" in capsys.readouterr().err

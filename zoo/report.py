@@ -323,9 +323,11 @@ def provenance_section(record: dict) -> list[str]:
 
 
 def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequence[Path],
-                    skipped: Sequence[str] = (), provenance: dict | None = None) -> str:
+                    skipped: Sequence[str] = (), provenance: dict | None = None,
+                    figure_errors: dict[str, str] | None = None) -> str:
     """report.md: the table, what it is computed from, best-of-N, the failed and skipped runs, the figures
-    and, from ``zoo compare``, how the results were made."""
+    (and any that could not be drawn, with the error) and, from ``zoo compare``, how the results were made."""
+    figure_errors = figure_errors or {}
     legend = ("Mean over finished seeds ± half-width of the 95% Student-t CI of that mean (mean alone for one "
               "seed; \"(n=k)\" where only k runs report the metric; \"-\" where none does). Gold reward and KL "
               "per run are means over the evaluation prompts.")
@@ -350,8 +352,9 @@ def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequenc
     parts += ["## Figures", ""]
     if figures:
         parts += [f"- [{path.name}]({path.name}): {FIGURE_CAPTIONS.get(path.name, '')}" for path in figures]
-    else:
+    elif not figure_errors:
         parts.append("None: matplotlib is not installed (pip install matplotlib).")
+    parts += [f"- {name}: not drawn ({error})" for name, error in figure_errors.items()]
     if provenance:
         parts += ["", *provenance_section(provenance)]
     return "\n".join(parts) + "\n"
@@ -368,16 +371,20 @@ def write_report(runs: Sequence[dict], out_dir: str | Path, skipped: Sequence[st
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
     write_csv(rows, out_dir / "results.csv")
-    figures = write_figures(runs, rows, out_dir)
-    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped, provenance))
+    figure_errors: dict[str, str] = {}
+    figures = write_figures(runs, rows, out_dir, figure_errors)
+    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped, provenance, figure_errors))
     return [out_dir / "results.csv", out_dir / "report.md", *figures]
 
 
 # ------------------------------------------------------------------------------------------------- figures
 
 
-def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path) -> list[Path]:
-    """frontier.png, win_rates.png and curves.png in ``out_dir``; [] with a printed note without matplotlib."""
+def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path,
+                  errors: dict[str, str] | None = None) -> list[Path]:
+    """frontier.png, win_rates.png and curves.png in ``out_dir``; [] with a printed note without matplotlib.
+    A figure that fails to draw is reported on stderr and left out, its error put in ``errors`` by file
+    name, so one plotting failure cannot cost the table and the other figures of a finished comparison."""
     try:
         import matplotlib
     except ImportError:
@@ -389,9 +396,17 @@ def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path) -> 
     paths = []
     for name, draw in (("frontier.png", plot_frontier), ("win_rates.png", plot_win_rates),
                        ("curves.png", plot_curves)):
-        fig = draw(plt, runs, rows)
-        fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        try:
+            fig = draw(plt, runs, rows)
+            fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
+        except Exception as error:  # noqa: BLE001 - reported in the warning and report.md, the rest still drawn
+            message = f"{type(error).__name__}: {error}"
+            print(f"zoo report: {out_dir / name} not drawn: {message}", file=sys.stderr)
+            if errors is not None:
+                errors[name] = message
+            continue
+        finally:
+            plt.close("all")
         paths.append(out_dir / name)
     return paths
 
@@ -419,7 +434,9 @@ def _errs(stats: Sequence[dict], floor: float | None = None) -> list[list[float]
     """Error-bar lengths [below..., above...] the means, from the CIs. NaN without a CI (one seed): matplotlib
     then draws no bar, where a zero-length one would read as a CI of zero width. ``floor`` cuts the bars at
     the metric's least possible value (a KL is >= 0; a t-interval from 3 seeds can reach below it)."""
-    lows = [max(s["ci_low"], floor) if s["ci_low"] is not None and floor is not None else s["ci_low"] for s in stats]
+    # a mean below the floor (a KL estimate can come out negative on a noisy run) keeps no bar below it
+    lows = [max(s["ci_low"], min(floor, s["mean"])) if s["ci_low"] is not None and floor is not None
+            else s["ci_low"] for s in stats]
     below = [s["mean"] - low if low is not None else math.nan for s, low in zip(stats, lows)]
     above = [s["ci_high"] - s["mean"] if s["ci_high"] is not None else math.nan for s in stats]
     return [below, above]
