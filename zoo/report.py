@@ -399,7 +399,7 @@ def write_figures(runs: Sequence[dict], rows: Sequence[dict], out_dir: Path,
         try:
             fig = draw(plt, runs, rows)
             fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
-        except Exception as error:  # noqa: BLE001 - reported in the warning and report.md, the rest still drawn
+        except Exception as error:  # noqa: BLE001 - named on stderr and in report.md; the rest still drawn
             message = f"{type(error).__name__}: {error}"
             print(f"zoo report: {out_dir / name} not drawn: {message}", file=sys.stderr)
             if errors is not None:
