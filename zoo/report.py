@@ -442,12 +442,17 @@ def _errs(stats: Sequence[dict], floor: float | None = None) -> list[list[float]
     return [below, above]
 
 
+def is_reference_row(row: dict) -> bool:
+    """Whether an aggregate row sits at KL 0 to the reference: the reference itself (best-of-N's N = 1)."""
+    return row["kl_to_ref"] is not None and row["kl_to_ref"]["mean"] == 0.0
+
+
 def reference_gold(runs: Sequence[dict], rows: Sequence[dict]) -> float | None:
     """Gold reward of the reference policy for the frontier's star at KL 0. None when a group already sits at
     KL 0 (best-of-N's N = 1 row is the reference itself, measured on its whole pool of samples), so the plot
     shows one reference, not two estimates of it. Otherwise the mean of the runs' ``ref_gold_reward``, each
     seed counted once: runs of one seed share their reference samples."""
-    if any(row["kl_to_ref"] is not None and row["kl_to_ref"]["mean"] == 0.0 for row in rows):
+    if any(map(is_reference_row, rows)):
         return None
     by_seed = {run.get("seed"): value for run in runs if is_finished(run)
                if (value := run_value(run, "ref_gold_reward")) is not None}
@@ -500,7 +505,7 @@ def plot_frontier(plt, runs: Sequence[dict], rows: Sequence[dict]):
     for fam in dict.fromkeys(family(row) for row in plotted):
         members = sorted((row for row in plotted if family(row) == fam), key=lambda row: row["kl_to_ref"]["mean"])
         color, label = colors[fam], f"{fam[0]}/{fam[1]}"
-        if all(row["kl_to_ref"]["mean"] == 0.0 for row in members):
+        if all(map(is_reference_row, members)):
             label += " (the reference)"
         if len(members) > 1:
             ax.plot([r["kl_to_ref"]["mean"] for r in members], [r["gold_reward"]["mean"] for r in members],
