@@ -127,12 +127,18 @@ def test_unpaired_rows_need_a_boolean_label(tmp_path):
 
 
 def test_paired_rows_are_unpaired_and_errors_name_the_original_row():
-    """Each pair becomes (prompt, chosen, True) then (prompt, rejected, False); implicit prompts work too."""
-    rows, skipped = load_rows("unpaired", "p.jsonl", [GOOD, {"chosen": "The plot was fine.",
-                                                            "rejected": "The plot was bad."}])
+    """Each pair gives (prompt, chosen, True) and (prompt, rejected, False), in the order of TRL's
+    unpair_preference_dataset (the chosen rows, then the rejected ones); implicit prompts work too."""
+    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
+
+    pairs = [GOOD, {"chosen": "The plot was fine.", "rejected": "The plot was bad."}]
+    rows, skipped = load_rows("unpaired", "p.jsonl", pairs)
     assert skipped == 0 and [(r["completion"], r["label"]) for r in rows] == [
-        (" great.", True), (" awful.", False), (" fine.", True), (" bad.", False)]
-    assert rows[2]["prompt"] == rows[3]["prompt"] == "The plot was"
+        (" great.", True), (" fine.", True), (" awful.", False), (" bad.", False)]
+    assert rows[1]["prompt"] == rows[3]["prompt"] == "The plot was"
+    explicit = load_rows("pairs", "p.jsonl", pairs)[0]
+    assert rows == unpair_preference_dataset(Dataset.from_list(explicit)).to_list()
     with pytest.raises(DataError, match="row 1: field 'rejected'"):
         load_rows("unpaired", "p.jsonl", [GOOD, {"prompt": "a", "chosen": "b", "rejected": ""}])
 

@@ -16,11 +16,27 @@ def test_raters_follow_bradley_terry():
     """P(first wins) = sigmoid((VADER(good) - VADER(fine)) / 0.1), and the empirical win rate matches it."""
     raters = SimulatedRaters(temperature=0.1, seed=0)
     n = 4000
-    labels = raters.label(["p"] * n, ["The acting was good."] * n, ["The acting was fine."] * n)
+    labels = raters.label([f"p{i}" for i in range(n)], ["The acting was good."] * n, ["The acting was fine."] * n)
     gap = labels.reward_first[0] - labels.reward_second[0]
     expected = 1 / (1 + math.exp(-gap / 0.1))
     assert labels.probability[0] == pytest.approx(expected)
     assert sum(labels.first_wins) / n == pytest.approx(expected, abs=0.03)
+
+
+def test_rater_draws_are_per_pair_not_per_batch_position():
+    """A pair keeps its label wherever it sits and whatever it is labelled with; the i-th pairs of two
+    calls (online feedback: two training steps) get independent draws, not one shared by position."""
+    raters = SimulatedRaters(temperature=0.1, seed=0)
+    good, fine = "The acting was good.", "The acting was fine."
+    prompts = [f"review {i}:" for i in range(400)]
+    alone = [raters.label([p], [good], [fine]).first_wins[0] for p in prompts]
+    batched = raters.label(prompts, [good] * 400, [fine] * 400).first_wins
+    reversed_batch = raters.label(prompts[::-1], [good] * 400, [fine] * 400).first_wins[::-1]
+    assert alone == batched == reversed_batch
+    # one label per call at position 0, 400 calls: the old per-call reseeding gave 400 equal labels
+    assert 0.2 < sum(alone) / 400 < 0.95 and len(set(alone)) == 2
+    other_seed = SimulatedRaters(temperature=0.1, seed=1).label(prompts, [good] * 400, [fine] * 400).first_wins
+    assert other_seed != batched
 
 
 def test_committed_assets_load_like_a_hub_model():

@@ -48,6 +48,9 @@ class AlgoConfig:
 class ModelConfig:
     name: str = MISSING  # short label
     name_or_path: str = MISSING  # hub id or local directory (safetensors weights)
+    # the frozen reference's weights when they are not the policy's (TRL's ref_model=); the policy then starts
+    # from name_or_path. null: the SFT stage's output (data=world), else name_or_path itself
+    reference_path: str | None = None
     trust_remote_code: bool = False  # never on unless the config says so
     dtype: str = "float32"  # float32 | bfloat16 | float16
 
@@ -60,7 +63,10 @@ class DataConfig:
     prompts_path: str | None = None  # prompts the preference stage samples pairs for
     split: str = "train"
     subset: str | None = None
-    eval_path: str | None = None  # file of eval prompts; default: rows held out from the end of the data
+    # evaluation data: none by default (every row trains, the sampling evaluation is skipped and the run says so)
+    eval_path: str | None = None  # a file of eval prompts (rows of any schema with a prompt; pairs for algo=reward)
+    eval_fraction: float | None = None  # hold out this seeded fraction of the prompts, with all their rows
+    eval_split_seed: int = 0  # the eval_fraction split's seed (the same split for every training seed)
     max_length: int = 128  # prompt + completion tokens; longer sequences are truncated at the end
     max_rows: int | None = None  # use at most this many training rows
     skip_bad_rows: bool = False  # drop invalid rows (counted in metrics) instead of failing

@@ -37,14 +37,14 @@ class OnlinePairs:
     4. ``PairCollator`` rows from the *sampled* token ids (see below), moved to the accelerator's device,
        plus ``"metrics"`` (``online/...``, floats) that ``fit`` logs with the loss's.
 
-    Tokens. A pair is the exact token sequence the policy produced: ``prompt_ids + completion_ids``, not a
-    re-tokenization of the decoded text (a sampled tokenization need not be the canonical one). This
-    matches the offline pair data (``zoo.data.tokenize.tokenize_pair``: the prompt's ids, then the
-    completion's ids ending in exactly one EOS) for every completion that ended: ``sample`` cuts a
-    completion right after its first EOS, so it keeps exactly one. A completion that hit
-    ``max_new_tokens`` ends without EOS here, where the offline tokenization appends one to every
-    completion; on-policy, that EOS was never sampled, and training on it would teach the policy to
-    stop wherever the length budget happened to cut it.
+    Tokens. A pair is the token sequence the policy produced, ``prompt_ids + completion_ids``, not a
+    re-tokenization of the decoded text (a sampled tokenization need not be the canonical one), ending in
+    exactly one EOS, as every offline pair does (``zoo.data.tokenize.tokenize_pair`` appends EOS to each
+    standard-format completion, TRL's convention). ``sample`` cuts a completion right after its first EOS,
+    so one that ended keeps exactly its sampled tokens; one cut at ``max_new_tokens`` gets the EOS appended
+    here, as the offline pairs (sampled with the same cap by the samples stage) get it. Offline and online
+    DPO then learn from the same kind of sequence; the EOS of a cut completion was never sampled, so both
+    treat the length cap as an end, the convention the evaluation's equal cap also takes.
 
     Identical pairs (both completions the same token ids, frequent once the policy sharpens) carry no
     preference. They stay in the batch (a fixed shape; resampling costs another generation): for DPO and
@@ -53,7 +53,7 @@ class OnlinePairs:
 
     Resuming needs no ``state_dict``: a micro-batch depends only on (seed, process index, micro-batch
     index) and the policy's current weights, which ``fit`` checkpoints. The labelers are stateless given
-    their inputs (``SimulatedRaters`` reseeds each call; ``LMJudge``'s cache only memoises). So every step
+    their inputs (``SimulatedRaters`` seeds each pair by its content; ``LMJudge``'s cache only memoises). So every step
     is a valid checkpoint (``steps_per_refresh = 1``) and a resumed run sees the batches an uninterrupted
     one would. Like ``Experience``, sampling reseeds torch's global RNG.
 
@@ -112,9 +112,12 @@ class OnlinePairs:
             raise ValueError(f"{type(self.labeler).__name__}.label returned {len(labels.first_wins)} labels "
                              f"for {n} pairs")
 
+        eos = [self.tokenizer.eos_token_id]
         rows = []
         for i in range(n):
-            a, b = first.completion_ids[i], second.completion_ids[i]
+            # a completion cut at max_new_tokens ends in EOS as the offline pairs' do (see the class docstring)
+            a = first.completion_ids[i] + ([] if first.ended[i] else eos)
+            b = second.completion_ids[i] + ([] if second.ended[i] else eos)
             chosen, rejected = (a, b) if labels.first_wins[i] else (b, a)
             # both samples tokenized the prompt the same way (tokenize_prompt), so it is shared
             rows.append({"prompt_ids": first.prompt_ids[i], "chosen_ids": chosen, "rejected_ids": rejected})

@@ -22,7 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo import stages
 from zoo.data.collate import COLLATORS
-from zoo.data.load import load_rows, read_hub, read_rows, tokenize_rows
+from zoo.data.load import (
+    load_rows,
+    prompt_key,
+    read_eval_prompts,
+    read_hub,
+    read_rows,
+    split_by_prompt,
+    tokenize_rows,
+)
 from zoo.data.schema import DataError
 from zoo.evaluate import evaluate, evaluate_reward_model
 from zoo.losses.base import PreferenceLoss
@@ -93,11 +101,13 @@ def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
 
 
 def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: bool = False
-                 ) -> tuple[list[dict], list, str, int]:
-    """(training rows, eval items, source name, rows skipped) for a loss consuming ``kind``.
+                 ) -> tuple[list[dict], list, str, int, str]:
+    """(training rows, eval items, source name, rows skipped, where the eval items came from) for a loss
+    consuming ``kind``.
 
-    Eval items are prompts (policies are evaluated by sampling), or, with ``eval_on_rows``, held-out
-    training rows (reward models are evaluated on pairs they never saw)."""
+    Eval items are prompts (policies are evaluated by sampling), or, with ``eval_on_rows``, held-out rows
+    (reward models are evaluated on pairs they never saw). The training data is never shrunk silently:
+    rows leave it only through ``data.eval_fraction`` (a seeded split by prompt, see :func:`eval_split`)."""
     data = cfg.data
     if kind == "prompts" and data.prompts_path:
         source = data.prompts_path
@@ -110,18 +120,42 @@ def resolve_data(cfg: DictConfig, kind: str, reference_path: str, eval_on_rows: 
     else:
         raise DataError(f"data={data.name} gives no {kind} data: set data.path=FILE")
     rows, skipped = load_rows(kind, source, _read_source(source, data.split, data.subset), data.skip_bad_rows)
-    if data.eval_path and not eval_on_rows:
-        eval_items = [r["prompt"] for r in read_rows(data.eval_path)]
-    else:  # hold the last rows out of training so evaluation never sees trained data
-        held = min(cfg.eval.num_prompts, len(rows) // 10)
-        eval_items = rows[len(rows) - held:] if held else []
-        eval_items = eval_items if eval_on_rows else [r["prompt"] for r in eval_items]
-        rows = rows[: len(rows) - held]
+    rows, eval_items, eval_source = eval_split(cfg, rows, source, eval_on_rows)
     if kind == "unpaired" and data.desirable_fraction < 1.0:
         rows = keep_desirable(rows, data.desirable_fraction, cfg.seed)
     if data.max_rows:
         rows = rows[: data.max_rows]
-    return rows, eval_items[: cfg.eval.num_prompts], source, skipped
+    return rows, eval_items[: cfg.eval.num_prompts], source, skipped, eval_source
+
+
+def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: bool) -> tuple[list[dict], list, str]:
+    """(training rows, eval items, a description of where they came from).
+
+    - ``data.eval_path``: the prompts of that file (a reward model's run needs pairs there); every row trains.
+    - ``data.eval_fraction``: a seeded split by prompt (``data.eval_split_seed``): the held-out prompts'
+      rows leave training, and never half a pair or one of a prompt's labelled rows. A reward model's
+      run uses it before ``eval_path`` (whose prompts it cannot score), a policy's run only without one.
+    - neither: every row trains and the evaluation is skipped, which the run says.
+    """
+    data = cfg.data
+    if data.eval_path and not (eval_on_rows and data.eval_fraction):
+        if eval_on_rows:
+            pairs, _ = load_rows("pairs", data.eval_path, read_rows(data.eval_path))
+            return rows, pairs, f"data.eval_path={data.eval_path} ({len(pairs)} pairs)"
+        prompts = read_eval_prompts(data.eval_path)
+        return rows, prompts, f"data.eval_path={data.eval_path} ({len(prompts)} prompts)"
+    if data.eval_fraction:
+        train, held = split_by_prompt(rows, data.eval_fraction, data.eval_split_seed)
+        items = held if eval_on_rows else list({prompt_key(r["prompt"]): r["prompt"] for r in held}.values())
+        description = (f"data.eval_fraction={data.eval_fraction} (seed {data.eval_split_seed}): {len(held)} of "
+                       f"{len(rows)} rows of {source}, {len(items)} {'rows' if eval_on_rows else 'prompts'}")
+        print(f"[zoo] evaluation data: {description} held out of training")
+        return train, items, description
+    if cfg.eval.num_prompts > 0:
+        print(f"[zoo] no evaluation data: training on all {len(rows)} rows of {source} and skipping the "
+              f"evaluation; set data.eval_path=FILE (prompts or rows) or data.eval_fraction=F (a seeded split "
+              f"by prompt) to evaluate")
+    return rows, [], "none"
 
 
 def keep_desirable(rows: list[dict], fraction: float, seed: int) -> list[dict]:
@@ -359,11 +393,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # --- stages: the reference policy and, for paired losses on the world, the preference data ---
     demos = cfg.data.demonstrations_path
-    reference_path = str(stages.sft_stage(cfg, Path(demos))) if cfg.data.sft_stage else cfg.model.name_or_path
-    init_path = reference_path if cfg.algo.init == "reference" else cfg.model.name_or_path
+    if cfg.model.reference_path and cfg.data.sft_stage:
+        raise ValueError(f"model.reference_path={cfg.model.reference_path} and data={cfg.data.name}'s SFT stage both "
+                         f"give the reference; set one")
+    reference_path = str(stages.sft_stage(cfg, Path(demos))) if cfg.data.sft_stage else \
+        cfg.model.reference_path or cfg.model.name_or_path
+    # a reference of its own (TRL's ref_model=) leaves the policy where model.name_or_path puts it
+    starts_from_reference = cfg.algo.init == "reference" and not cfg.model.reference_path
+    init_path = reference_path if starts_from_reference else cfg.model.name_or_path
     kind = loss_fn.model_output
     data_kind = data_kind_of(cfg, loss_fn)
-    rows, eval_items, source, skipped = resolve_data(cfg, data_kind, reference_path, EVAL_ON_ROWS[kind])
+    rows, eval_items, source, skipped, eval_source = resolve_data(cfg, data_kind, reference_path, EVAL_ON_ROWS[kind])
     stage_seconds = time.perf_counter() - started
 
     # --- models and tokenized data ---
@@ -372,7 +412,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     built = BUILDERS[kind](cfg, init_path, reference_path, tokenizer)
     policy, reference = built.policy, built.reference
     stage_seconds += built.info.pop("stage_seconds", 0.0)  # stages a builder needed (PPO's reward model)
-    tokens, too_long = tokenize_rows(rows, data_kind, tokenizer, source, cfg.data.max_length, cfg.data.skip_bad_rows)
+    tokens, too_long = tokenize_rows(rows, data_kind, tokenizer, source, cfg.data.max_length, cfg.data.skip_bad_rows,
+                                     loss_fn.prepend_bos)
     warnings = loss_fn.data_warnings(tokens)
     for warning in warnings:
         print(f"[zoo] warning: {warning}")
@@ -397,6 +438,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         "samples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
         "peak_memory_mb": peak, "peak_memory_source": peak_source, "memory_before_models_mb": memory_before_models,
         "train_rows": len(tokens), "skipped_rows": skipped + too_long, "data_source": source,
+        "eval_source": eval_source,
         "reference": reference_path, "policy_init": init_path, "final_log": result.last_log, "warnings": warnings,
         **feedback_info(source), **built.info,
     }

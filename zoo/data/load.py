@@ -9,11 +9,14 @@ split off with ``trl.data_utils.extract_prompt``; ``messages`` become prompt + f
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
-from trl.data_utils import extract_prompt
+from datasets import Dataset
+from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
+from trl.data_utils import extract_prompt, unpair_preference_dataset
 
-from zoo.data.schema import DataError, validate_rows
+from zoo.data.schema import DataError, validate_row, validate_rows
 from zoo.data.tokenize import tokenize_completion, tokenize_pair, tokenize_prompt
 
 
@@ -82,14 +85,17 @@ def is_paired(rows: list) -> bool:
 
 
 def unpair(rows: list[dict]) -> list[dict]:
-    """Paired rows -> unpaired ones (TRL's ``unpair_preference_dataset``, row by row): each pair gives
-    (prompt, chosen, label=True) then (prompt, rejected, label=False); other fields are kept."""
-    out = []
-    for row in rows:
-        rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
-        out.append({**rest, "completion": row["chosen"], "label": True})
-        out.append({**rest, "completion": row["rejected"], "label": False})
-    return out
+    """Paired rows -> unpaired ones with TRL's own ``unpair_preference_dataset``, so zoo's KTO sees the rows,
+    and the row order, that TRL's KTOTrainer sees: per map batch of 1,000 pairs, every (prompt, chosen,
+    label=True) row, then every (prompt, rejected, label=False) row; other fields are kept. Columns are
+    those of the first row (Arrow's table), which validation has checked."""
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()  # an in-memory map of a few thousand rows: no bar in the run's log
+    try:
+        return unpair_preference_dataset(Dataset.from_list(rows), keep_in_memory=True).to_list()
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def load_rows(kind: str, source: str, rows: list[dict], skip_bad_rows: bool = False) -> tuple[list[dict], int]:
@@ -104,19 +110,21 @@ def load_rows(kind: str, source: str, rows: list[dict], skip_bad_rows: bool = Fa
 
 
 def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_length: int | None,
-                  skip_bad_rows: bool = False) -> tuple[list[dict], int]:
+                  skip_bad_rows: bool = False, prepend_bos: bool = False) -> tuple[list[dict], int]:
     """Token ids per row (with ``row``, its index in ``rows``, so skipped rows stay traceable); a prompt
-    that fills ``max_length`` leaves nothing to learn and is an error (or skipped and counted)."""
+    that fills ``max_length`` leaves nothing to learn and is an error (or skipped and counted).
+    ``prepend_bos``: the loss's declaration (``zoo.data.tokenize``)."""
     out, skipped = [], 0
     for i, row in enumerate(rows):
         if kind == "pairs":
-            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
+            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"],
+                                                                  prepend_bos)
             item = {"row": i, "prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
         elif kind == "prompts":  # online losses: the completion is sampled during training
             prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
             item = {"row": i, "prompt_ids": prompt_ids}
         else:  # demonstrations, and unpaired rows (the same plus their label)
-            prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"])
+            prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"], prepend_bos)
             item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}
             if kind == "unpaired":
                 item["label"] = row["label"]
@@ -129,3 +137,35 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
                             f"data.max_length or set data.skip_bad_rows=true")
         out.append(item)
     return out, skipped
+
+
+def prompt_key(prompt) -> str:
+    """A hashable identity for a prompt (a string or a list of messages)."""
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows): a seeded ``fraction`` of the distinct prompts, with every row of each,
+    is held out, so the halves of a pair (and a prompt's desirable and undesirable rows) never land on
+    both sides. At least one prompt is held out and at least one kept; both keep the file's row order."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.eval_fraction must lie in (0, 1), got {fraction}")
+    prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in rows))  # distinct, in file order
+    if len(prompts) < 2:
+        raise DataError(f"data.eval_fraction={fraction} splits by prompt, but the data has {len(prompts)} distinct "
+                        f"prompt(s); set data.eval_path=FILE instead")
+    held_count = min(len(prompts) - 1, max(1, round(fraction * len(prompts))))
+    held = set(random.Random(seed).sample(prompts, held_count))
+    train = [r for r in rows if prompt_key(r["prompt"]) not in held]
+    return train, [r for r in rows if prompt_key(r["prompt"]) in held]
+
+
+def read_eval_prompts(path: str | Path) -> list:
+    """The prompts of an evaluation file: rows of any schema with a ``prompt`` field, errors naming the row."""
+    prompts = []
+    for i, row in enumerate(read_rows(path)):
+        validate_row(row, i, "prompts", str(path))  # names the file, the row and the field
+        prompts.append(row["prompt"])
+    if not prompts:
+        raise DataError(f"{path}: the evaluation file is empty")
+    return prompts

@@ -5,6 +5,9 @@ and takes the completion to start where the two token sequences diverge (BPE mer
 boundary); for conversational examples it renders both through the chat template (the prompt with
 ``add_generation_prompt=True``) and, since the template ends the assistant turn itself, adds no
 extra EOS. Matching this keeps zoo's log-probabilities equal to TRL's on the same data.
+
+``prepend_bos`` (a loss's declaration, ORPO's) puts the tokenizer's BOS token before a prompt that does
+not start with it, as TRL's ORPOTrainer does even for tokenizers that do not add BOS themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ def _ids(tokenizer, text_or_messages, **chat_kwargs) -> list[int]:
     return tokenizer(text_or_messages)["input_ids"]
 
 
-def tokenize_completion(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
+def _with_bos(tokenizer, prompt_ids: list[int]) -> list[int]:
+    """``prompt_ids`` starting with the tokenizer's BOS token (unchanged if it has none or already starts so)."""
+    bos = tokenizer.bos_token_id
+    return prompt_ids if bos is None or prompt_ids[:1] == [bos] else [bos] + prompt_ids
+
+
+def tokenize_completion(tokenizer, prompt, completion, prepend_bos: bool = False) -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids) for one prompt/completion in TRL's way (see module docstring)."""
     example = {"prompt": prompt, "completion": completion}
     if is_conversational(example):
@@ -31,13 +40,14 @@ def tokenize_completion(tokenizer, prompt, completion) -> tuple[list[int], list[
         prompt_ids = _ids(tokenizer, prompt)
         full_ids = _ids(tokenizer, prompt + (completion if completion.endswith(eos) else completion + eos))
     split = common_prefix_length(prompt_ids, full_ids)
-    return full_ids[:split], full_ids[split:]
+    return (_with_bos(tokenizer, full_ids[:split]) if prepend_bos else full_ids[:split]), full_ids[split:]
 
 
-def tokenize_pair(tokenizer, prompt, chosen, rejected) -> tuple[list[int], list[int], list[int]]:
+def tokenize_pair(tokenizer, prompt, chosen, rejected, prepend_bos: bool = False
+                  ) -> tuple[list[int], list[int], list[int]]:
     """(prompt_ids, chosen_ids, rejected_ids): the prompt is the prefix shared by both tokenizations."""
-    prompt_c, chosen_ids = tokenize_completion(tokenizer, prompt, chosen)
-    prompt_r, rejected_ids = tokenize_completion(tokenizer, prompt, rejected)
+    prompt_c, chosen_ids = tokenize_completion(tokenizer, prompt, chosen, prepend_bos)
+    prompt_r, rejected_ids = tokenize_completion(tokenizer, prompt, rejected, prepend_bos)
     split = min(len(prompt_c), len(prompt_r))
     # If one side's BPE merged across the boundary further back, move that prompt tail into the completion.
     return prompt_c[:split], prompt_c[split:] + chosen_ids, prompt_r[split:] + rejected_ids

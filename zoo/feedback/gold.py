@@ -13,8 +13,9 @@ preference stage and written next to the data.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import random
 from dataclasses import dataclass
 
 from zoo.world.gold import gold_reward
@@ -31,8 +32,20 @@ class Labels:
     position_bias: float | None = None  # a judge's measured preference for the first-shown response
 
 
+def pair_uniform(seed: int, prompt, first: str, second: str) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, prompt, first, second): the same pair always gets the same
+    draw, whatever else is labelled with it and wherever it sits in the batch. (A generator seeded once per
+    ``label`` call would tie the draw to the batch position instead: under online feedback, every step's
+    i-th pair would share one draw, so the label noise would not be independent across steps.)"""
+    blob = json.dumps([seed, prompt, first, second], ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") / 2.0**64
+
+
 class SimulatedRaters:
-    """Noisy raters: Bradley-Terry draws with the given temperature from the world's gold reward."""
+    """Noisy raters: Bradley-Terry draws with the given temperature from the world's gold reward.
+
+    Each pair's draw is seeded by (seed, prompt, first, second) (:func:`pair_uniform`), so labels are
+    reproducible, independent across pairs and batches, and a pair keeps its label in any batch."""
 
     def __init__(self, temperature: float = 0.1, seed: int = 0):
         if temperature <= 0:
@@ -42,8 +55,7 @@ class SimulatedRaters:
 
     def label(self, prompts: list, first: list[str], second: list[str]) -> Labels:
         """Draw one preference per (prompt, first, second) triple, reproducibly for the seed."""
-        rng = random.Random(self.seed)
         r1, r2 = gold_reward(first), gold_reward(second)
         probs = [1.0 / (1.0 + math.exp(-(a - b) / self.temperature)) for a, b in zip(r1, r2)]
-        wins = [rng.random() < p for p in probs]
+        wins = [pair_uniform(self.seed, x, a, b) < p for x, a, b, p in zip(prompts, first, second, probs)]
         return Labels(wins, probs, r1, r2)

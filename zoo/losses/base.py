@@ -8,7 +8,9 @@ name:
   ``zoo.data.collate.COLLATORS``);
 - ``needs_reference``: whether the trainer must run the frozen reference policy on the batch;
 - ``model_output``: ``"logps"`` (a causal LM, completion log-probs) or ``"scores"`` (a scalar-head
-  reward model, one score per sequence).
+  reward model, one score per sequence);
+- ``prepend_bos``: whether every prompt starts with the tokenizer's BOS token even where the tokenizer
+  does not add it by itself (TRL's ORPOTrainer does this; its DPO and KTO trainers do not).
 
 The trainer turns a batch into :class:`SequenceLogps` for the policy (with gradients) and, where
 asked, for the reference (without), and reduces ``LossOutput.loss`` (one value per example) with a
@@ -72,6 +74,7 @@ class PreferenceLoss(nn.Module):
     batch_kind: ClassVar[str]
     needs_reference: ClassVar[bool]
     model_output: ClassVar[str] = "logps"
+    prepend_bos: ClassVar[bool] = False
 
     def forward(self, policy, reference) -> LossOutput:  # pragma: no cover
         raise NotImplementedError

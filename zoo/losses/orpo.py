@@ -24,6 +24,12 @@ Which tokens the NLL covers: TRL's covers every real token of the chosen rows, *
 (``nll_on_prompt=True``), so the two agree number for number. ``nll_on_prompt=False`` restricts it
 to the chosen completion's tokens, the paper's L_SFT over the response.
 
+Tokens, as TRL's ``ORPOTrainer`` makes them: it puts the tokenizer's BOS token before every prompt that
+does not already start with it, whether or not the tokenizer adds BOS by itself (``prepend_bos``); a
+tokenizer that defines ``<s>`` without adding it gives every ORPO sequence one more token, and every
+log-prob a different context, than in DPO. (zoo's first ORPO missed this and disagreed with TRL by 0.1%
+on the loss of such a tokenizer; the world's has no BOS token.)
+
 Metrics, with TRL's names and meanings (``ORPOTrainer.get_batch_loss_metrics``):
 
 - ``log_odds_ratio``: log sigmoid(log odds(y_w) - log odds(y_l)), i.e. -L_OR (<= 0; the *log sigmoid*,
@@ -71,6 +77,7 @@ class ORPOLoss(PreferenceLoss):
     batch_kind: ClassVar[str] = "pairs"
     needs_reference: ClassVar[bool] = False
     model_output: ClassVar[str] = "logps"
+    prepend_bos: ClassVar[bool] = True
 
     def __init__(self, beta: float = 0.1, nll_on_prompt: bool = True):
         super().__init__()
