@@ -84,7 +84,7 @@ def build_model(out: Path, tokenizer, seed: int = 0):
 
 
 def perturb(model, scale: float = 0.05, seed: int = 1):
-    """Nudge every weight by seeded noise in place: a policy that differs from its reference."""
+    """Nudge every weight by seeded noise in place: a reference that differs from its policy."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -93,15 +93,17 @@ def perturb(model, scale: float = 0.05, seed: int = 1):
 
 
 def build(root: Path) -> dict[str, Path]:
-    """Write the reference model, a perturbed policy (same tokenizer) and the data files under ``root``."""
+    """Write a policy, its reference (the policy with perturbed weights, same tokenizer) and the data files
+    under ``root``. The perturbation makes the reference worse at every text, so log pi - log pi_ref is
+    positive on average and KTO's reference point z0 (clamped at 0) is really compared."""
     from transformers import AutoModelForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
     reference, policy = root / "reference", root / "policy"
-    tokenizer = build_tokenizer(reference)
-    build_model(reference, tokenizer)
-    tokenizer.save_pretrained(policy)
-    perturb(AutoModelForCausalLM.from_pretrained(reference)).save_pretrained(policy, safe_serialization=True)
+    tokenizer = build_tokenizer(policy)
+    build_model(policy, tokenizer)
+    tokenizer.save_pretrained(reference)
+    perturb(AutoModelForCausalLM.from_pretrained(policy)).save_pretrained(reference, safe_serialization=True)
     files = {"reference": reference, "policy": policy}
     for fmt, rows in (("standard", standard_pairs()), ("conversational", conversational_pairs())):
         files[f"pairs_{fmt}"] = _write(root / f"pairs_{fmt}.jsonl", rows)

@@ -189,15 +189,21 @@ def test_orpo_hand_computed():
     pair 2: log odds ratio = -log(e^0.5 - 1) + log(e^0.2 - 1) = log((e^0.2 - 1)/(e^0.5 - 1)) = -1.075020
     L_OR = -log s(ratio) = (0.238183, 1.368652)
     NLL, TRL's token mean over all chosen tokens: (0.5 + 1.0 + 1.5 + 0.4 + 0.6) / 5 = 4.0 / 5 = 0.8
-      (a mean of per-example means would give (1.0 + 0.5) / 2 = 0.75); per pair nll_i = 2 * (3.0, 1.0) / 5 = (1.2, 0.4)
-    beta = 0.5: loss = (1.2 + 0.5 * 0.238183, 0.4 + 0.5 * 1.368652) = (1.319092, 1.084326), mean 0.8 + 0.5 * mean(L_OR)
+      (a mean of per-example means would give (1.0 + 0.5) / 2 = 0.75): token_loss = the sums (3.0, 1.0) over
+      num_tokens = 5, divided by the window's token count by the trainer
+    beta = 0.5: loss (per pair) = 0.5 * L_OR = (0.119092, 0.684326); objective = 0.8 + 0.5 * mean(L_OR) = 1.201709
     rewards = beta * mean log-probs: chosen (-0.5, -0.25), rejected (-1.0, -0.1)."""
     r1, r2 = math.log(math.e + 1), math.log(math.expm1(0.2) / math.expm1(0.5))
     l_or = [math.log1p(math.exp(-r1)), math.log1p(math.exp(-r2))]
     out = ORPOLoss(beta=0.5, nll_on_prompt=False)(orpo_batch(), None)
-    assert_close(out.loss, torch.tensor([1.2 + 0.5 * l_or[0], 0.4 + 0.5 * l_or[1]]))
-    assert_close(out.loss, torch.tensor([1.319092, 1.084326]), atol=1e-6, rtol=0)
-    assert_close(out.loss.mean(), torch.tensor(0.8 + 0.5 * (l_or[0] + l_or[1]) / 2))
+    assert_close(out.loss, torch.tensor([0.5 * l_or[0], 0.5 * l_or[1]]))
+    assert_close(out.loss, torch.tensor([0.119092, 0.684326]), atol=1e-6, rtol=0)
+    assert_close(out.token_loss, torch.tensor([3.0, 1.0]))
+    assert_close(out.num_tokens, torch.tensor(5.0))
+    assert_close(out.objective(), torch.tensor(0.8 + 0.5 * (l_or[0] + l_or[1]) / 2))
+    assert_close(out.objective(), torch.tensor(1.201709), atol=1e-6, rtol=0)
+    # in a window of 2 micro-batches with 5 + 15 = 20 chosen tokens, this one's share: 0.5 * mean(L_OR) + 2 * 4 / 20
+    assert_close(out.objective(window_tokens=20.0, micro_batches=2), torch.tensor(0.5 * (l_or[0] + l_or[1]) / 2 + 0.4))
     m = out.metrics
     assert_close(m["nll_loss"], torch.tensor(0.8))
     assert_close(m["log_odds_chosen"], torch.tensor([r1, r2]))
@@ -214,7 +220,8 @@ def test_orpo_nll_on_prompt_covers_the_prompt_tokens_too():
     """TRL's ORPO NLL (the default, nll_on_prompt=True) is the token mean over every real token of the chosen
     rows. Give the batch above one prompt token per row with log-prob -2.0 (chosen rows) before the completion:
     chosen real tokens: pair 1 (-2.0, -0.5, -1.0, -1.5), pair 2 (-2.0, -0.4, -0.6) -> NLL = (5.0 + 3.0) / 7
-    = 8/7, per pair 2 * (5.0, 3.0) / 7. The odds-ratio term still reads the completion only, so it is unchanged."""
+    = 8/7: token_loss (5.0, 3.0) over 7 tokens. The odds-ratio term still reads the completion only, so it is
+    unchanged. count_tokens reads the same counts off a collated batch (shifted by one)."""
     batch = orpo_batch()
     prompt = torch.full((4, 1), -2.0)
     all_token_logps = torch.cat([prompt, batch.token_logps * batch.completion_mask], dim=1)  # (4, 4)
@@ -225,7 +232,16 @@ def test_orpo_nll_on_prompt_covers_the_prompt_tokens_too():
     with_prompt = ORPOLoss(beta=0.5)(full, None)
     without = ORPOLoss(beta=0.5, nll_on_prompt=False)(orpo_batch(), None)
     assert_close(with_prompt.metrics["nll_loss"], torch.tensor(8.0 / 7.0))
-    assert_close(with_prompt.loss - without.loss, torch.tensor([2 * 5.0 / 7 - 1.2, 2 * 3.0 / 7 - 0.4]))
+    assert_close(with_prompt.token_loss, torch.tensor([5.0, 3.0]))
+    assert_close(with_prompt.num_tokens, torch.tensor(7.0))
+    assert_close(with_prompt.objective() - without.objective(), torch.tensor(8.0 / 7.0 - 0.8))
+    assert_close(with_prompt.loss, without.loss)
+    # the collated batch behind `full`: 1 prompt token + the completion, right-padded; position 0 is never predicted
+    attention = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    completion = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 1]])
+    collated = {"attention_mask": attention, "completion_mask": completion}
+    assert ORPOLoss(beta=0.5).count_tokens(collated) == 7
+    assert ORPOLoss(beta=0.5, nll_on_prompt=False).count_tokens(collated) == 5
     assert_close(with_prompt.metrics["log_odds_ratio"], without.metrics["log_odds_ratio"])
     with pytest.raises(ValueError, match="all_token_logps"):
         ORPOLoss(beta=0.5)(orpo_batch(), None)
@@ -236,7 +252,7 @@ def test_orpo_gradient_signs():
     token's log-prob raises it; masked positions get no gradient."""
     batch = orpo_batch()
     token_logps = batch.token_logps.clone().requires_grad_(True)
-    ORPOLoss(beta=0.1, nll_on_prompt=False)(SequenceLogps(token_logps, batch.completion_mask), None).loss.sum().backward()
+    ORPOLoss(beta=0.1, nll_on_prompt=False)(SequenceLogps(token_logps, batch.completion_mask), None).objective().backward()
     grad, mask = token_logps.grad, batch.completion_mask.bool()
     assert (grad[:2][mask[:2]] < 0).all()
     assert (grad[2:][mask[2:]] > 0).all()
@@ -249,8 +265,8 @@ def test_orpo_is_finite_when_a_completion_has_probability_one():
     completions at probability 1 the odds ratio is 0 and L_OR = log 2."""
     token_logps = torch.zeros(2, 2, requires_grad=True)
     out = ORPOLoss(beta=1.0, nll_on_prompt=False)(SequenceLogps(token_logps, torch.ones(2, 2)), None)
-    assert_close(out.loss, torch.tensor([math.log(2.0)]))
-    out.loss.sum().backward()
+    assert_close(out.objective(), torch.tensor(math.log(2.0)))
+    out.objective().backward()
     assert torch.isfinite(token_logps.grad).all()
 
 

@@ -9,8 +9,14 @@ trained (``zoo.rollout.Experience``, PPO). Per optimizer step:
       -> policy output for loss.model_output (with grad): completion log-probs, SequenceLogps (N, T-1),
          or a scalar head's scores, SequenceScores (N,)
       -> the reference's output (no grad), if the loss needs it
-      -> loss(policy, reference) -> LossOutput(loss (B,), metrics)
-      -> mean, backward, clip, step (accelerate handles accumulation, devices, mixed precision)
+      -> loss(policy, reference) -> LossOutput(loss (B,), metrics[, token_loss (B,)])
+      -> objective: the mean of loss, plus token_loss over the window's token count
+      -> backward, clip, step (accelerate handles accumulation, devices, mixed precision)
+
+An optimizer step is one accumulation window: ``grad_accum_steps`` micro-batches on each process. The
+window's micro-batches are drawn before its first forward, so a token-mean term (``count_tokens``) is
+divided by the tokens of the whole window: accumulating two batches of B equals one batch of 2B for
+every loss but KTO, whose reference point z0 and mismatched pairs stay per micro-batch (as in TRL).
 
 Logs go to ``log.jsonl`` (``step``, ``loss``, ``lr``, the loss's metrics and the source's per-batch
 metrics, averaged over the steps since the last line); checkpoints (``accelerate`` state, the source's
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -89,6 +96,27 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
+def _windows(loader, size: int):
+    """Lists of ``size`` consecutive micro-batches: one optimizer step's accumulation window each."""
+    window = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _window_tokens(accelerator: Accelerator, loss_fn: PreferenceLoss, window: list[dict]) -> torch.Tensor | None:
+    """The tokens of the loss's token-mean term in a window, summed over its micro-batches and processes."""
+    counts = [loss_fn.count_tokens(batch) for batch in window]
+    if counts[0] is None:
+        return None
+    total = torch.stack([torch.as_tensor(c, dtype=torch.float32, device=accelerator.device) for c in counts]).sum()
+    return accelerator.reduce(total, reduction="sum") if accelerator.num_processes > 1 else total
+
+
 def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     sums, counts = defaultdict(float), defaultdict(int)
     for entry in window:
@@ -128,7 +156,10 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerCo
     run_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn.needs_reference and reference is None:
         raise ValueError(f"{type(loss_fn).__name__} needs a reference model; pass reference=")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision)
+    # windows are always whole (fit asks for max_steps * grad_accum_steps * processes micro-batches), and
+    # are drawn ahead of their forwards, so the step must not follow the data loader's end
+    accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
     torch.manual_seed(seed)
 
     # --- optimizer and schedule: AdamW, linear warm-up then constant (the DPO paper's schedule) ---
@@ -164,31 +195,35 @@ def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerCo
     policy.train()
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not accelerator.is_main_process,
                dynamic_ncols=True)
-    for batch in loader:
-        with accelerator.accumulate(policy):
-            # --- forward: policy with grad, reference without ---
-            policy_out = forward(policy, batch)
-            reference_out = None
-            if loss_fn.needs_reference:
-                with torch.no_grad(), reference.model(accelerator.unwrap_model(policy)) as ref_model:
-                    reference_out = forward(ref_model, batch)
-            out = loss_fn(policy_out, reference_out)
-            loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
+    for micro_batches in _windows(loader, cfg.grad_accum_steps):
+        window_tokens = _window_tokens(accelerator, loss_fn, micro_batches)
+        for batch in micro_batches:
+            with accelerator.accumulate(policy):
+                # --- forward: policy with grad, reference without ---
+                policy_out = forward(policy, batch)
+                reference_out = None
+                if loss_fn.needs_reference:
+                    with torch.no_grad(), reference.model(accelerator.unwrap_model(policy)) as ref_model:
+                        reference_out = forward(ref_model, batch)
+                out = loss_fn(policy_out, reference_out)
+                loss = out.objective(window_tokens, micro)  # this micro-batch's share of the window's objective
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
 
-            # --- backward and update (a real update only at the end of an accumulation window) ---
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+                # --- backward and update (a real update only at the end of an accumulation window) ---
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
 
-        metrics = {**_gathered_means(accelerator, {"loss": loss.detach(), **out.metrics}), **batch.get("metrics", {})}
-        window.append(metrics)
+            metrics = {**_gathered_means(accelerator, {"loss": loss.detach(), **out.metrics}),
+                       **batch.get("metrics", {})}
+            window.append(metrics)
         if not accelerator.sync_gradients:
-            continue
+            raise RuntimeError(f"an accumulation window of {len(micro_batches)} micro-batches ended without an "
+                               f"optimizer step (trainer.grad_accum_steps={cfg.grad_accum_steps})")
         step += 1
         bar.update(1)
 

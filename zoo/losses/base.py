@@ -13,8 +13,15 @@ name:
   does not add it by itself (TRL's ORPOTrainer does this; its DPO and KTO trainers do not).
 
 The trainer turns a batch into :class:`SequenceLogps` for the policy (with gradients) and, where
-asked, for the reference (without), and reduces ``LossOutput.loss`` (one value per example) with a
-mean.
+asked, for the reference (without), and reduces a :class:`LossOutput` over a whole accumulation window
+(``trainer.grad_accum_steps`` micro-batches on every process), as if the window were one batch:
+
+- ``loss`` (one value per example) by a mean over the window's examples (each micro-batch holds the same
+  number, so the mean of the micro-batch means is exact);
+- ``token_loss`` (one *sum* of per-token terms per example; SFT-style token means such as ORPO's NLL) by
+  the window's total count of those tokens, which the trainer takes from :meth:`Loss.count_tokens` on
+  every micro-batch of the window before the first backward. A token mean per micro-batch would weigh
+  a token of a short micro-batch more than one of a long micro-batch.
 """
 
 from __future__ import annotations
@@ -60,10 +67,24 @@ class SequenceScores:
 
 @dataclass
 class LossOutput:
-    """What every loss returns: per-example losses and detached metrics with TRL's names."""
+    """What every loss returns: per-example losses, optional per-example token-loss sums, and detached
+    metrics with TRL's names."""
 
-    loss: torch.Tensor  # (B,) one loss per example; the trainer takes the mean
+    loss: torch.Tensor  # (B,) one loss per example; averaged over the window's examples
     metrics: dict[str, torch.Tensor]  # name -> (B,) or scalar tensor, averaged for logging
+    token_loss: torch.Tensor | None = None  # (B,) sum of per-token losses; divided by the window's token count
+    num_tokens: torch.Tensor | None = None  # scalar: this micro-batch's tokens of token_loss (count_tokens)
+
+    def objective(self, window_tokens: torch.Tensor | float | None = None, micro_batches: int = 1) -> torch.Tensor:
+        """The scalar this micro-batch contributes, scaled so that averaging it over ``micro_batches``
+        micro-batches (accelerate divides by the accumulation steps, DDP averages over processes) gives
+        mean(loss over the window's examples) + sum(token_loss over the window) / window_tokens.
+        Alone (the defaults) it is this batch's own objective."""
+        total = self.loss.mean()
+        if self.token_loss is not None:
+            tokens = self.num_tokens if window_tokens is None else window_tokens
+            total = total + self.token_loss.sum() * micro_batches / torch.as_tensor(tokens).clamp(min=1)
+        return total
 
 
 class PreferenceLoss(nn.Module):
@@ -82,6 +103,11 @@ class PreferenceLoss(nn.Module):
     def data_warnings(self, rows: list[dict]) -> list[str]:
         """Warnings about the training rows for this loss (e.g. KTO's class balance); none by default."""
         return []
+
+    def count_tokens(self, batch: dict) -> torch.Tensor | None:
+        """The tokens of a collated micro-batch that ``LossOutput.token_loss`` sums over (the same count
+        as the forward's ``num_tokens``); None for a loss without a token-mean term."""
+        return None
 
 
 def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

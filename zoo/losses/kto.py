@@ -12,6 +12,11 @@ z0 is estimated as the paper (Sec. 4.1) and TRL do: the mean log-ratio of mismat
 back-propagated through. lambda_D / lambda_U are ``desirable_weight`` / ``undesirable_weight``; the
 paper (Eq. 8) recommends lambda_D * n_D / (lambda_U * n_U) in [1, 4/3], see :func:`kto_weight_check`.
 
+Gradient accumulation: z0 and its mismatched pairs are formed per micro-batch, as in TRL (which also
+averages z0 across processes only). ``trainer.grad_accum_steps=2`` at batch B is therefore the mean of
+two batches of B, each with its own z0 and KL pairs, not one batch of 2B; the logged ``kl`` is the mean
+of the micro-batches' z0. The per-example part of the loss is exact, as for DPO.
+
 Batch layout (the unpaired collator guarantees it): ``policy`` and ``reference`` hold 2N rows, the
 first N are the examples (x_i, y_i), the last N the KL rows (x_i, y_j) used only for z0;
 ``policy.labels`` is the (N,) bool tensor, True = desirable.

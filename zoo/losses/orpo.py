@@ -12,12 +12,11 @@ log P(y|x) = (1/|y|) sum_t log p(y_t | x, y_<t) and odds(y|x) = P(y|x) / (1 - P(
 :func:`log1mexp`, since P is close to 1 for confident models.
 
 NLL, as TRL's ``ORPOTrainer`` computes it (``nn.CrossEntropyLoss()`` over the chosen rows): one
-token-level mean over *all* chosen tokens of the micro-batch, not a mean of per-example means. The
-trainer here reduces ``LossOutput.loss`` with a plain mean over the B pairs, so pair i carries
-
-    nll_i = B * (sum of -log p over y_w,i's tokens) / (chosen tokens in the batch)
-
-whose mean over i is exactly the batch token mean (examples with more tokens carry more of it).
+token-level mean over *all* chosen tokens of the batch, not a mean of per-example means (examples with
+more tokens carry more of it). The loss returns each pair's NLL *sum* as ``token_loss`` and the trainer
+divides by the chosen tokens of the whole accumulation window (``count_tokens``), so
+``trainer.grad_accum_steps=2`` at batch B gives the gradient of one batch of 2B; TRL divides per
+micro-batch, and the two agree without accumulation.
 
 Which tokens the NLL covers: TRL's covers every real token of the chosen rows, *prompt included*
 (its cross-entropy labels are all non-padding input ids), and so does this loss by default
@@ -106,16 +105,19 @@ class ORPOLoss(PreferenceLoss):
         else:
             nll_logps, nll_mask = token_logps, policy.completion_mask.float()
         chosen_token_logps, _ = split_pairs(nll_logps)  # (B, T-1)
-        chosen_tokens, _ = split_pairs(nll_mask.sum(dim=-1))  # (B,)
-        batch_size = chosen_tokens.shape[0]
-        chosen_nll_sums = -chosen_token_logps.sum(dim=-1)  # (B,)
-        nll = batch_size * chosen_nll_sums / chosen_tokens.sum().clamp(min=1)  # (B,); nll.mean() = token mean
+        chosen_nll_sums = -chosen_token_logps.sum(dim=-1)  # (B,) summed over each chosen row's NLL tokens
+        num_tokens = split_pairs(nll_mask)[0].sum()  # scalar: this micro-batch's chosen NLL tokens
 
-        loss = nll - self.beta * log_sigmoid_ratio  # (B,)
         metrics = reward_metrics(self.beta * chosen_mean, self.beta * rejected_mean, chosen_mean, rejected_mean)
         metrics.update({
             "log_odds_ratio": log_sigmoid_ratio.detach(),
             "log_odds_chosen": log_odds_ratio.detach(),
-            "nll_loss": nll.detach().mean(),
+            "nll_loss": chosen_nll_sums.detach().sum() / num_tokens.clamp(min=1),  # this batch's token mean
         })
-        return LossOutput(loss, metrics)
+        return LossOutput(-self.beta * log_sigmoid_ratio, metrics, token_loss=chosen_nll_sums, num_tokens=num_tokens)
+
+    def count_tokens(self, batch: dict) -> torch.Tensor:
+        """The chosen rows' NLL tokens of a collated pair batch: every predicted real token (prompt included)
+        or, with ``nll_on_prompt=False``, the completion's; shifted by one as ``sequence_logps`` does."""
+        mask = batch["attention_mask"] if self.nll_on_prompt else batch["completion_mask"]
+        return split_pairs(mask[:, 1:])[0].sum()

@@ -4,7 +4,9 @@
 
 The prompt is context only (masked out), so the model learns to continue prompts, not to write
 them. Each example's NLL is averaged over its own completion tokens; the trainer then averages
-over examples (a per-example mean, so long demonstrations do not dominate the batch).
+over examples (a per-example mean, so long demonstrations do not dominate the batch). Being a mean
+over examples, it needs no token count from the trainer: accumulating micro-batches of B gives exactly
+the loss of one batch of the window's size. (TRL's SFTTrainer takes a token mean over the batch instead.)
 """
 
 from __future__ import annotations
