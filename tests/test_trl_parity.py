@@ -162,9 +162,10 @@ def test_kto_first_step_matches_trl(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- ORPO
 # TRL's ORPOTrainer (the old DPO-style tokenize_row) tokenizes without special tokens, prepends BOS when the
-# tokenizer has one and appends the EOS id; zoo tokenizes with the tokenizer's defaults and the EOS text. The
-# world tokenizer has no BOS and adds no special tokens, so both give the same ids here. TRL's NLL is
-# nn.CrossEntropyLoss over every non-pad token of the chosen rows (prompt included): zoo's nll_on_prompt=True.
+# tokenizer has one and appends the EOS id; zoo tokenizes with the tokenizer's defaults and the EOS text, and
+# ORPOLoss declares prepend_bos. The world tokenizer has no BOS, so that declaration is not exercised here
+# (tests/test_trl_parity_scratch.py has a tokenizer with one). TRL's NLL is nn.CrossEntropyLoss over every
+# non-pad token of the chosen rows (prompt included): zoo's nll_on_prompt=True.
 
 
 def zoo_orpo_first_step(tmp_path) -> dict:
