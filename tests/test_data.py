@@ -139,6 +139,10 @@ def test_paired_rows_are_unpaired_and_errors_name_the_original_row():
     assert rows[1]["prompt"] == rows[3]["prompt"] == "The plot was"
     explicit = load_rows("pairs", "p.jsonl", pairs)[0]
     assert rows == unpair_preference_dataset(Dataset.from_list(explicit)).to_list()
+    messages = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "b"}],
+                "rejected": [{"role": "assistant", "content": "c"}]}
+    with pytest.raises(DataError, match="p.jsonl: the pairs cannot be unpaired as one table"):
+        load_rows("unpaired", "p.jsonl", [GOOD, messages])  # strings in one row, messages in the next
     with pytest.raises(DataError, match="row 1: field 'rejected'"):
         load_rows("unpaired", "p.jsonl", [GOOD, {"prompt": "a", "chosen": "b", "rejected": ""}])
 

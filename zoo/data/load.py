@@ -13,7 +13,8 @@ import random
 from pathlib import Path
 
 from datasets import Dataset
-from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
+from pyarrow import ArrowException
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from trl.data_utils import extract_prompt, unpair_preference_dataset
 
 from zoo.data.schema import DataError, validate_row, validate_rows
@@ -84,15 +85,20 @@ def is_paired(rows: list) -> bool:
     return bool(rows) and isinstance(rows[0], dict) and "chosen" in rows[0] and "rejected" in rows[0]
 
 
-def unpair(rows: list[dict]) -> list[dict]:
+def unpair(rows: list[dict], source: str = "rows") -> list[dict]:
     """Paired rows -> unpaired ones with TRL's own ``unpair_preference_dataset``, so zoo's KTO sees the rows,
     and the row order, that TRL's KTOTrainer sees: per map batch of 1,000 pairs, every (prompt, chosen,
     label=True) row, then every (prompt, rejected, label=False) row; other fields are kept. Columns are
     those of the first row (Arrow's table), which validation has checked."""
+    try:
+        table = Dataset.from_list(rows)
+    except (TypeError, ValueError, ArrowException) as err:  # e.g. strings in one row, messages in another
+        raise DataError(f"{source}: the pairs cannot be unpaired as one table (every row needs the same field "
+                        f"types: strings, or lists of messages): {err}") from None
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()  # an in-memory map of a few thousand rows: no bar in the run's log
     try:
-        return unpair_preference_dataset(Dataset.from_list(rows), keep_in_memory=True).to_list()
+        return unpair_preference_dataset(table, keep_in_memory=True).to_list()
     finally:
         if not was_disabled:
             enable_progress_bars()
@@ -105,7 +111,7 @@ def load_rows(kind: str, source: str, rows: list[dict], skip_bad_rows: bool = Fa
     then unpaired."""
     if kind == "unpaired" and is_paired(rows):
         pairs, skipped = validate_rows(to_schema(rows, "pairs"), "pairs", source, skip_bad_rows)
-        return unpair(pairs), skipped
+        return unpair(pairs, source), skipped
     return validate_rows(to_schema(rows, kind), kind, source, skip_bad_rows)
 
 
