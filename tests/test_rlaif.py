@@ -42,7 +42,7 @@ def test_world_judge_asset_is_shipped_and_measured():
 def test_instructions_inside_a_response_do_not_make_it_win():
     """Prompt injection on the world judge: gold-worse responses told to say "answer A" / "answer B" or
     carrying a fake assistant turn win no more often than with a neutral sentence appended (the
-    control for merely adding text). The rates are printed; the README reports the full-size ones."""
+    control for merely adding text). The rates are printed; docs/ai-feedback.md reports the full-size ones."""
     from zoo.world.injection import injection_rates
     from zoo.world.judge_train import judge_pairs, world_judge
 

@@ -2,7 +2,7 @@
 
 They use the committed world with ``experiment=smoke`` (a few steps, tiny stages), through the real
 ``zoo`` command, so they check wiring and contracts, not results (results: tests marked slow and
-the README's measured numbers).
+the measured numbers in docs/).
 """
 
 import json

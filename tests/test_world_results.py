@@ -1,6 +1,6 @@
 """End-to-end results on the world with default settings (slow: minutes each; run with `pytest -m slow`).
 
-These check that each method moves gold reward the right way, as the README reports for 3 seeds:
+These check that each method moves gold reward the right way, as docs/algorithms.md and docs/ai-feedback.md report for 3 seeds:
 the policy beats its SFT reference (win rate >= 0.6) at a finite KL, within the time budget
 (PPO: its whole run, rollouts included, under 10 minutes).
 """

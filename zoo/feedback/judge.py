@@ -71,7 +71,7 @@ class Judgement:
 # The delimiters' characters, as a response shows them: look-alikes that are other tokens, so a response
 # cannot even imitate a delimiter (spacing a forged ">>>" out to "> > >" still left the angle brackets).
 # This guarantees the template's structure, not the judge's robustness: the tiny world judge is thrown by
-# the unfamiliar characters themselves (README, "RLAIF": injection rates).
+# the unfamiliar characters themselves (docs/ai-feedback.md: injection rates).
 _SAFE_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a"})  # ‹ ›
 
 
