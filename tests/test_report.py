@@ -315,18 +315,18 @@ def test_cli_report_prints_table_and_paths(tmp_path, monkeypatch, capsys):
 
 
 def test_half_width_formula_matches_hand_computation():
-    """mean_ci on its own: 2, 4, 4, 4, 5, 5, 7, 9 (mean 5, sample sd sqrt(32/7) = 2.138090),
+    """t_ci_over_seeds on its own: 2, 4, 4, 4, 5, 5, 7, 9 (mean 5, sample sd sqrt(32/7) = 2.138090),
     half-width t_{0.975,7} * sd / sqrt(8) = 2.365 * 0.755929 = 1.787772."""
-    from zoo.report import mean_ci
+    from zoo.report import t_ci_over_seeds
 
-    stats = mean_ci([2, 4, 4, 4, 5, 5, 7, 9])
+    stats = t_ci_over_seeds([2, 4, 4, 4, 5, 5, 7, 9])
     assert stats["n"] == 8 and stats["mean"] == 5
     assert stats["ci_high"] - 5 == pytest.approx(2.365 * math.sqrt(32 / 7) / math.sqrt(8))
     assert stats["ci_high"] - 5 == pytest.approx(1.787772, abs=1e-6)
-    assert mean_ci([]) is None
+    assert t_ci_over_seeds([]) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning from a plain computation
-        mean_ci([1.0, 1.0])
+        t_ci_over_seeds([1.0, 1.0])
 
 
 def test_tags_split_groups_and_sort_by_their_numbers(tmp_path):

@@ -116,7 +116,7 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
     Returns the metrics written."""
     from zoo.data.load import read_rows
-    from zoo.evaluate import distinct_n, mean_ci
+    from zoo.evaluate import distinct_n, normal_ci_over_prompts
     from zoo.models import load_causal_lm, load_tokenizer
     from zoo.rollout import sample
     from zoo.run import reward_model_scorer, shared_stages
@@ -159,9 +159,9 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
             "algo": "sft" if n == 1 else "best_of_n", "feedback": "none" if n == 1 else cfg.feedback.name,
             "tag": "" if n == 1 else f"N={n}", "n": n, "model": cfg.model.name, "data": cfg.data.name,
             "seed": cfg.seed, "status": "finished",
-            "gold_reward": mean_ci(expectations(weights, gold)),
-            "ref_gold_reward": mean_ci(gold.mean(-1).tolist()),
-            "kl_to_ref": mean_ci(kl_estimate(scores, n).tolist()),
+            "gold_reward": normal_ci_over_prompts(expectations(weights, gold)),
+            "ref_gold_reward": normal_ci_over_prompts(gold.mean(-1).tolist()),
+            "kl_to_ref": normal_ci_over_prompts(kl_estimate(scores, n).tolist()),
             "kl_bound": kl_bound(n),
             "win_rate_vs_ref": sum(expectations(weights, wins)) / p,
             "rm_score": sum(expectations(weights, scores)) / p,

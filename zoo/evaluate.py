@@ -26,8 +26,10 @@ from zoo.models import Reference, sequence_logps
 from zoo.rollout import Samples, sample
 
 
-def mean_ci(values: list[float]) -> dict[str, float]:
-    """Mean with a 95% normal-approximation confidence interval."""
+def normal_ci_over_prompts(values: list[float]) -> dict[str, float]:
+    """Mean over evaluation prompts with a 95% normal-approximation interval (1.96 standard errors):
+    ``{"mean", "ci95_low", "ci95_high", "n"}``, the form of ``gold_reward`` and ``kl_to_ref`` in
+    ``metrics.json``. The report's interval over seeds is ``zoo.report.t_ci_over_seeds``."""
     n = len(values)
     mean = sum(values) / n
     half = 1.96 * statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
@@ -78,7 +80,7 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
     kl = (pol_logps - ref_logps).tolist()
 
     metrics = {
-        "kl_to_ref": mean_ci(kl),
+        "kl_to_ref": normal_ci_over_prompts(kl),
         "mean_length": lengths.float().mean().item(),
         "ref_mean_length": ref_counts.float().mean().item(),
         "distinct_2": distinct_n(policy_samples.texts),
@@ -88,8 +90,8 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
     policy_rewards = ref_rewards = None
     if reward_fn is not None:
         policy_rewards, ref_rewards = reward_fn(policy_samples.texts), reward_fn(reference_samples.texts)
-        metrics["gold_reward"] = mean_ci(policy_rewards)
-        metrics["ref_gold_reward"] = mean_ci(ref_rewards)
+        metrics["gold_reward"] = normal_ci_over_prompts(policy_rewards)
+        metrics["ref_gold_reward"] = normal_ci_over_prompts(ref_rewards)
         metrics["win_rate_vs_ref"] = win_rate(policy_rewards, ref_rewards)
     judged = None
     if judge is not None:

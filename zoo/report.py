@@ -134,8 +134,9 @@ def t_975(df: int) -> float:
     return T_975[max(d for d in T_975 if d <= df)]
 
 
-def mean_ci(values: Sequence[float]) -> dict | None:
-    """{"mean", "ci_low", "ci_high", "n"} of ``values``; None when empty.
+def t_ci_over_seeds(values: Sequence[float]) -> dict | None:
+    """{"mean", "ci_low", "ci_high", "n"} of ``values`` (one per seed); None when empty. (The per-run
+    interval over evaluation prompts is ``zoo.evaluate.normal_ci_over_prompts``.)
 
     The CI is mean ± t_{0.975, n-1} * s / sqrt(n), with s the sample standard deviation (n - 1 in the
     denominator): a 95% interval for the mean over seeds. With one value there is no spread to estimate,
@@ -190,7 +191,7 @@ def group_runs(runs: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
 
 def aggregate(runs: Sequence[dict]) -> list[dict]:
     """One row per (algo, feedback, tag): algo, feedback, tag, n_seeds (finished runs), n_failed, seeds, and for
-    each metric in REPORT_METRICS its ``mean_ci`` over the finished runs that report it (None if none does)."""
+    each metric in REPORT_METRICS its ``t_ci_over_seeds`` over the finished runs that report it (None if none does)."""
     rows = []
     for (algo, feedback, tag), group in group_runs(runs).items():
         finished = [run for run in group if is_finished(run)]
@@ -200,7 +201,7 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
                "seeds": sorted((run.get("seed") for run in finished), key=str)}
         for metric in REPORT_METRICS:
             values = [v for v in (run_value(run, metric) for run in finished) if v is not None]
-            row[metric] = mean_ci(values)
+            row[metric] = t_ci_over_seeds(values)
         rows.append(row)
     return rows
 

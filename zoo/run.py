@@ -33,7 +33,7 @@ from zoo.data.load import (
 )
 from zoo.data.schema import DataError
 from zoo.evaluate import evaluate, evaluate_reward_model
-from zoo.losses.base import PreferenceLoss
+from zoo.losses.base import Loss
 from zoo.models import (
     ActorCritic,
     Reference,
@@ -176,7 +176,7 @@ class Built:
     model: torch.nn.Module
     policy: torch.nn.Module
     reference: Reference | None
-    online_source: Callable[[PreferenceLoss, list], object] | None = None  # (loss, prompts) -> batch source
+    online_source: Callable[[Loss, list], object] | None = None  # (loss, prompts) -> batch source
     info: dict = field(default_factory=dict)  # extra metrics for metrics.json (+ "stage_seconds" the builder spent)
 
 
@@ -200,7 +200,7 @@ def build_policy(cfg: DictConfig, init_path: str, reference_path: str, tokenizer
     labeler = instantiate(cfg.feedback.source)
     rollout = cfg.algo.rollout
 
-    def online_source(loss_fn: PreferenceLoss, prompts: list) -> OnlinePairs:
+    def online_source(loss_fn: Loss, prompts: list) -> OnlinePairs:
         return OnlinePairs(policy, labeler, tokenizer, prompts, cfg.trainer.batch_size, cfg.trainer.grad_accum_steps,
                            cfg.seed, rollout.max_new_tokens, rollout.temperature, cfg.data.max_length)
 
@@ -276,7 +276,7 @@ def build_actor_critic(cfg: DictConfig, init_path: str, reference_path: str, tok
     if cfg.data.world_metrics:
         from zoo.world.gold import gold_reward as gold_fn
 
-    def online_source(loss_fn: PreferenceLoss, prompts: list) -> Experience:
+    def online_source(loss_fn: Loss, prompts: list) -> Experience:
         return Experience(loss_fn, policy, value, reference, scorer, tokenizer, prompts, algo.rollout,
                           cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
 
@@ -361,7 +361,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def data_kind_of(cfg: DictConfig, loss_fn: PreferenceLoss) -> str:
+def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
     """What the run reads from disk: the loss's batch kind, or prompts when its pairs come online."""
     if not cfg.algo.online_feedback:
         return loss_fn.batch_kind

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zoo.config import TrainerConfig
-from zoo.losses.base import PreferenceLoss
+from zoo.losses.base import Loss
 from zoo.models import MODEL_OUTPUTS, Reference
 
 
@@ -108,7 +108,7 @@ def _windows(loader, size: int):
         yield window
 
 
-def _window_tokens(accelerator: Accelerator, loss_fn: PreferenceLoss, window: list[dict]) -> torch.Tensor | None:
+def _window_tokens(accelerator: Accelerator, loss_fn: Loss, window: list[dict]) -> torch.Tensor | None:
     """The tokens of the loss's token-mean term in a window, summed over its micro-batches and processes."""
     counts = [loss_fn.count_tokens(batch) for batch in window]
     if counts[0] is None:
@@ -143,7 +143,7 @@ def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor]) 
     return {name: sums[name] / counts[name] for name in sums if counts[name]}
 
 
-def fit(policy: torch.nn.Module, loss_fn: PreferenceLoss, source, cfg: TrainerConfig, run_dir: str | Path,
+def fit(policy: torch.nn.Module, loss_fn: Loss, source, cfg: TrainerConfig, run_dir: str | Path,
         seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
 

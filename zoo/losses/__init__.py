@@ -1,6 +1,6 @@
 """Loss objects, one file per algorithm (see ``zoo.losses.base`` for the interface)."""
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, SequenceScores
+from zoo.losses.base import Loss, LossOutput, SequenceLogps, SequenceScores
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ipo import IPOLoss
 from zoo.losses.kto import KTOLoss
@@ -9,5 +9,5 @@ from zoo.losses.ppo import PPOLoss
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 
-__all__ = ["LossOutput", "PreferenceLoss", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
+__all__ = ["Loss", "LossOutput", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
            "KTOLoss", "ORPOLoss", "PPOLoss", "SFTLoss"]

@@ -87,9 +87,9 @@ class LossOutput:
         return total
 
 
-class PreferenceLoss(nn.Module):
-    """Base class: declares the batch kind, whether a reference forward pass is needed, and which
-    model output it consumes (``"logps"``: a causal LM's completion log-probs, ``SequenceLogps``;
+class Loss(nn.Module):
+    """The base of every loss, preference losses, SFT, the reward model and PPO alike: declares the batch
+    kind, whether a reference forward pass is needed, and which model output it consumes (``"logps"``: a causal LM's completion log-probs, ``SequenceLogps``;
     ``"scores"``: a scalar-head model's sequence scores, ``SequenceScores``)."""
 
     batch_kind: ClassVar[str]

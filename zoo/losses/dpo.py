@@ -19,10 +19,10 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
 
 
-class DPOLoss(PreferenceLoss):
+class DPOLoss(Loss):
     """Sigmoid DPO with optional cDPO label smoothing."""
 
     batch_kind: ClassVar[str] = "pairs"

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
 
 
-class IPOLoss(PreferenceLoss):
+class IPOLoss(Loss):
     """Length-normalised IPO with target gap 1 / (2 beta)."""
 
     batch_kind: ClassVar[str] = "pairs"

@@ -41,7 +41,7 @@ from typing import ClassVar
 import torch
 import torch.distributed as dist
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps
+from zoo.losses.base import Loss, LossOutput, SequenceLogps
 
 # Eq. 8 of the paper: lambda_D * n_D / (lambda_U * n_U) should lie in [1, 4/3].
 WEIGHT_RATIO_RANGE = (1.0, 4.0 / 3.0)
@@ -88,7 +88,7 @@ def _mean_across_processes(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class KTOLoss(PreferenceLoss):
+class KTOLoss(Loss):
     """KTO with the mismatched-pair KL estimate of the reference point z0 (TRL's ``loss_type="kto"``)."""
 
     batch_kind: ClassVar[str] = "unpaired"

@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
 
 _LN2 = math.log(2.0)
 # Upper clamp on the mean log-prob before log1mexp: at exactly 0 (every token predicted with float32
@@ -70,7 +70,7 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(near_zero, a, b)
 
 
-class ORPOLoss(PreferenceLoss):
+class ORPOLoss(Loss):
     """ORPO: chosen NLL plus beta (the paper's lambda) times the odds-ratio loss."""
 
     batch_kind: ClassVar[str] = "pairs"

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.losses import ppo_math
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps
+from zoo.losses.base import Loss, LossOutput, SequenceLogps
 
 
 @dataclass
@@ -58,7 +58,7 @@ class PolicyValueOutput:
     kl_coef: float  # the KL coefficient in force for this rollout (the adaptive controller moves it)
 
 
-class PPOLoss(PreferenceLoss):
+class PPOLoss(Loss):
     """Clipped PPO policy loss + clipped value loss; also holds the reward shaping and GAE settings."""
 
     batch_kind = "prompts"  # the trainer gets rollout minibatches from an online source, not a dataset

@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceScores, split_pairs
+from zoo.losses.base import Loss, LossOutput, SequenceScores, split_pairs
 
 
-class BradleyTerryLoss(PreferenceLoss):
+class BradleyTerryLoss(Loss):
     """Pairwise logistic loss on scalar rewards, with optional margin and reward centering."""
 
     batch_kind: ClassVar[str] = "pairs"

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from zoo.losses.base import LossOutput, PreferenceLoss, SequenceLogps
+from zoo.losses.base import Loss, LossOutput, SequenceLogps
 
 
-class SFTLoss(PreferenceLoss):
+class SFTLoss(Loss):
     """Token-averaged NLL on completions; no reference model."""
 
     batch_kind: ClassVar[str] = "demonstrations"
