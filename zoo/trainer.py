@@ -143,6 +143,73 @@ def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor]) 
     return {name: sums[name] / counts[name] for name in sums if counts[name]}
 
 
+@dataclass
+class _Training:
+    """What ``fit`` prepared: the accelerator, the prepared policy, optimizer and schedule, and the
+    trainable parameters (clipped together)."""
+
+    accelerator: Accelerator
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter]
+
+
+def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source, reference: Reference | None, seed: int
+             ) -> _Training:
+    """The accelerator (windows are always whole and drawn ahead of their forwards, so the step must not
+    follow the data loader's end), AdamW and its schedule (linear warm-up then constant, the DPO paper's),
+    all prepared, torch seeded; the reference on the device; a stateful source registered for checkpoints."""
+    accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    if reference is not None:
+        reference.to(accelerator.device)
+    if hasattr(source, "state_dict"):
+        accelerator.register_for_checkpointing(source)
+    return _Training(accelerator, policy, optimizer, scheduler, params)
+
+
+def _resume(accelerator: Accelerator, run_dir: Path) -> int:
+    """Load the newest checkpoint in ``run_dir``, if any; the step to start from."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return 0
+    accelerator.load_state(str(checkpoint))
+    start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    accelerator.print(f"resuming from {checkpoint} at step {start_step}")
+    return start_step
+
+
+def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference | None, cfg: TrainerConfig,
+                window_tokens: torch.Tensor | None, micro: int, step: int) -> dict[str, float]:
+    """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
+    window, the clipped update; returns the micro-batch's metrics, gathered over processes."""
+    forward = MODEL_OUTPUTS[loss_fn.model_output]
+    with t.accelerator.accumulate(t.policy):
+        policy_out = forward(t.policy, batch)
+        reference_out = None
+        if loss_fn.needs_reference:
+            with torch.no_grad(), reference.model(t.accelerator.unwrap_model(t.policy)) as ref_model:
+                reference_out = forward(ref_model, batch)
+        out = loss_fn(policy_out, reference_out)
+        loss = out.objective(window_tokens, micro)  # this micro-batch's share of the window's objective
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
+        t.accelerator.backward(loss)
+        if t.accelerator.sync_gradients and cfg.max_grad_norm:
+            t.accelerator.clip_grad_norm_(t.params, cfg.max_grad_norm)
+        t.optimizer.step()  # accelerate makes these no-ops inside a window
+        t.scheduler.step()
+        t.optimizer.zero_grad()
+    return {**_gathered_means(t.accelerator, {"loss": loss.detach(), **out.metrics}), **batch.get("metrics", {})}
+
+
 def fit(policy: torch.nn.Module, loss_fn: Loss, source, cfg: TrainerConfig, run_dir: str | Path,
         seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
@@ -156,92 +223,39 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source, cfg: TrainerConfig, run_
     run_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn.needs_reference and reference is None:
         raise ValueError(f"{type(loss_fn).__name__} needs a reference model; pass reference=")
-    # windows are always whole (fit asks for max_steps * grad_accum_steps * processes micro-batches), and
-    # are drawn ahead of their forwards, so the step must not follow the data loader's end
-    accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
-    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
-    torch.manual_seed(seed)
-
-    # --- optimizer and schedule: AdamW, linear warm-up then constant (the DPO paper's schedule) ---
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-    if reference is not None:
-        reference.to(accelerator.device)
-    if hasattr(source, "state_dict"):
-        accelerator.register_for_checkpointing(source)
-
-    # --- resume from the newest checkpoint in this run dir ---
-    start_step = 0
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        accelerator.print(f"resuming from {checkpoint} at step {start_step}")
-
-    forward = MODEL_OUTPUTS[loss_fn.model_output]
-    micro = cfg.grad_accum_steps * accelerator.num_processes
-    loader = source.batches(accelerator, policy, start_step * micro, cfg.max_steps * micro)
-    # round the checkpoint interval up to a multiple of the source's refresh (1 for datasets)
-    refresh = source.steps_per_refresh
+    t = _prepare(policy, cfg, source, reference, seed)
+    start_step = _resume(t.accelerator, run_dir)
+    micro = cfg.grad_accum_steps * t.accelerator.num_processes
+    loader = source.batches(t.accelerator, t.policy, start_step * micro, cfg.max_steps * micro)
+    refresh = source.steps_per_refresh  # checkpoints fall on multiples of it (1 for datasets)
     save_every = -(-cfg.save_every // refresh) * refresh if cfg.save_every else 0
 
-    log_path = run_dir / "log.jsonl"
     window: list[dict[str, float]] = []
     last_log: dict = {}
     step, started = start_step, time.perf_counter()
-    policy.train()
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not accelerator.is_main_process,
+    t.policy.train()
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not t.accelerator.is_main_process,
                dynamic_ncols=True)
     for micro_batches in _windows(loader, cfg.grad_accum_steps):
-        window_tokens = _window_tokens(accelerator, loss_fn, micro_batches)
-        for batch in micro_batches:
-            with accelerator.accumulate(policy):
-                # --- forward: policy with grad, reference without ---
-                policy_out = forward(policy, batch)
-                reference_out = None
-                if loss_fn.needs_reference:
-                    with torch.no_grad(), reference.model(accelerator.unwrap_model(policy)) as ref_model:
-                        reference_out = forward(ref_model, batch)
-                out = loss_fn(policy_out, reference_out)
-                loss = out.objective(window_tokens, micro)  # this micro-batch's share of the window's objective
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
-
-                # --- backward and update (a real update only at the end of an accumulation window) ---
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-
-            metrics = {**_gathered_means(accelerator, {"loss": loss.detach(), **out.metrics}),
-                       **batch.get("metrics", {})}
-            window.append(metrics)
-        if not accelerator.sync_gradients:
+        window_tokens = _window_tokens(t.accelerator, loss_fn, micro_batches)
+        window += [_micro_step(t, loss_fn, batch, reference, cfg, window_tokens, micro, step) for batch in micro_batches]
+        if not t.accelerator.sync_gradients:
             raise RuntimeError(f"an accumulation window of {len(micro_batches)} micro-batches ended without an "
                                f"optimizer step (trainer.grad_accum_steps={cfg.grad_accum_steps})")
         step += 1
         bar.update(1)
-
-        # --- log: step 1, every log_every steps, and the last step ---
-        if step == 1 or step % cfg.log_every == 0 or step == cfg.max_steps:
-            last_log = {"step": step, **_mean_metrics(window), "lr": scheduler.get_last_lr()[0],
+        if step == 1 or step % cfg.log_every == 0 or step == cfg.max_steps:  # step 1, every log_every, the last
+            last_log = {"step": step, **_mean_metrics(window), "lr": t.scheduler.get_last_lr()[0],
                         "elapsed_s": round(time.perf_counter() - started, 3)}
             window = []
             bar.set_postfix(loss=f"{last_log['loss']:.4f}")
-            if accelerator.is_main_process:
-                with log_path.open("a") as f:
+            if t.accelerator.is_main_process:
+                with (run_dir / "log.jsonl").open("a") as f:
                     f.write(json.dumps(last_log) + "\n")
-
-        # --- checkpoint ---
         if save_every and step % save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(accelerator, run_dir, step)
+            save_checkpoint(t.accelerator, run_dir, step)
     bar.close()
-    accelerator.wait_for_everyone()
+    t.accelerator.wait_for_everyone()
     return FitResult(steps=step, train_seconds=time.perf_counter() - started,
                      examples_seen=(step - start_step) * cfg.batch_size * micro, last_log=last_log)
 
