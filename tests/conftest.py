@@ -9,8 +9,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
+import scratch_model
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A stage cache shared by the ``zoo`` runs of one test module (stages built once per module)."""
     return tmp_path_factory.mktemp("zoo_cache")
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A model, tokenizer and data files unlike the world's (``tests/scratch_model.py``), built once per module."""
+    return scratch_model.build(tmp_path_factory.mktemp("scratch"))

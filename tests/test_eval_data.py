@@ -18,11 +18,6 @@ from zoo.data.schema import DataError
 from zoo.run import train
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return scratch_model.build(tmp_path_factory.mktemp("scratch"))
-
-
 def run(scratch, tmp_path, algo: str, data_file, *extra):
     overrides = [f"algo={algo}", "data=local", f"data.path={data_file}", f"model.name_or_path={scratch['policy']}",
                  "trainer.max_steps=1", "trainer.batch_size=4", "trainer.save_every=0", "eval.max_new_tokens=4",

@@ -37,11 +37,6 @@ class SGDForTest(torch.optim.SGD):
         super().__init__(params, lr=lr)
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return scratch_model.build(tmp_path_factory.mktemp("scratch"))
-
-
 def update(loss_fn, kind: str, rows: list[dict], scratch, batch_size: int, accum: int, tmp_path,
            monkeypatch) -> dict[str, torch.Tensor]:
     """Weight change of one optimizer step (SGD, lr 1) of ``loss_fn`` over micro-batches of ``batch_size`` rows

@@ -28,7 +28,6 @@ import pytest
 import torch
 from datasets import Dataset
 
-import scratch_model
 from zoo.config import compose_train_config
 from zoo.data.collate import COLLATORS
 from zoo.data.load import load_rows, read_rows, tokenize_rows
@@ -45,12 +44,7 @@ NOT_COMPARED = {"grad_norm", "learning_rate", "epoch", "step", "lr", "elapsed_s"
                 "count/desirable", "count/undesirable", "entropy"}
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return scratch_model.build(tmp_path_factory.mktemp("scratch"))
-
-
-def zoo_step(algo: str, data_file, scratch, run_dir, extra=()) -> dict:
+def zoo_step(algo: str, data_file, scratch, run_dir) -> dict:
     """The first log line of ``zoo train`` on ``data_file``: one step at lr 0, the whole file as one batch."""
     n = len(read_rows(data_file))
     reference = [] if algo == "orpo" else [f"model.reference_path={scratch['reference']}"]  # ORPO has none
@@ -58,7 +52,7 @@ def zoo_step(algo: str, data_file, scratch, run_dir, extra=()) -> dict:
                  *reference, "eval.num_prompts=0", f"data.max_length={MAX_LENGTH}", "trainer.max_steps=1",
                  "trainer.learning_rate=0", f"trainer.batch_size={n}", "trainer.warmup_steps=1",
                  "trainer.log_every=1", "trainer.save_every=0", f"algo.loss.beta={BETA}",
-                 f"stages.cache_dir={run_dir.parent / 'cache'}", *extra]
+                 f"stages.cache_dir={run_dir.parent / 'cache'}"]
     metrics = train(compose_train_config(overrides), run_dir)
     assert metrics["train_rows"] == n and metrics["eval_source"] == "none"  # every row of the file trained
     return json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
@@ -94,13 +88,13 @@ def trl_trainer(algo: str, rows: list[dict], scratch, out):
     return trainer
 
 
-def hand_logps(model, prompt_ids: list[int], completion_ids: list[int]) -> tuple[float, int]:
-    """(sum of log p(completion token | everything before it), completion length): one unpadded row, float64."""
+def hand_logps(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """The sum of log p(completion token | everything before it) of one unpadded row, in float64."""
     ids = torch.tensor([prompt_ids + completion_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, :-1].double()
     logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
-    return logps[len(prompt_ids) - 1:].sum().item(), len(completion_ids)
+    return logps[len(prompt_ids) - 1:].sum().item()
 
 
 def zoo_rows_logps(algo: str, rows: list[dict], scratch) -> tuple[list[dict], torch.Tensor]:
@@ -179,7 +173,7 @@ def test_first_step_and_per_row_logps_match_trl(algo, fmt, scratch, tmp_path):
             prompt_ids, completion_ids = trl_completion(theirs_row, side)
             ours_completion = ours_row["completion_ids" if unpaired else f"{side}_ids"]
             assert (ours_row["prompt_ids"], ours_completion) == (prompt_ids, completion_ids), (i, side)
-            expected, length = hand_logps(model, prompt_ids, completion_ids)
+            expected = hand_logps(model, prompt_ids, completion_ids)
             assert logps[s * n + i].item() == pytest.approx(expected, rel=REL), (i, side)
     if algo in ("dpo", "ipo"):  # the logged means are the means of these rows (DPO logs summed log-probs)
         assert ours["logps/chosen"] == pytest.approx(logps[:n].mean().item(), rel=REL)
