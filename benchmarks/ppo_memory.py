@@ -72,8 +72,8 @@ def run(algo: str, peft: str, model_dir: Path, out: Path, args, extra: tuple[str
         f"algo={algo}", f"peft={peft}", f"model.name_or_path={model_dir / 'policy'}", "data.sft_stage=false",
         "data.preference_stage=false", "eval.num_prompts=0", f"algo.reward_model={reward}",
         f"trainer.batch_size={args.batch_size}", f"trainer.max_steps={args.steps}", "trainer.save_every=0",
-        "trainer.learning_rate=1e-5", "trainer.warmup_steps=1", "algo.rollout.ppo_epochs=1",
-        f"algo.rollout.max_new_tokens={args.new_tokens}", f"hydra.run.dir={run_dir}", *extra,
+        "trainer.learning_rate=1e-5", "trainer.warmup_steps=1", "rollout.ppo_epochs=1",
+        f"rollout.max_new_tokens={args.new_tokens}", f"hydra.run.dir={run_dir}", *extra,
     ]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "train", *overrides], capture_output=True, text=True,

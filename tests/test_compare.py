@@ -30,8 +30,30 @@ def test_sweep_size_is_the_product_of_the_comma_lists():
 
 
 def test_run_overrides_drop_only_the_compare_plan():
-    assert run_overrides(["experiment=smoke", "compare.n_jobs=1", "+compare.x=1", "trainer.max_steps=5"]) == [
-        "experiment=smoke", "trainer.max_steps=5"]
+    assert run_overrides(["experiment=smoke", "compare=frontier", "compare.n_jobs=1", "+compare.x=1",
+                          "trainer.max_steps=5"]) == ["experiment=smoke", "trainer.max_steps=5"]
+
+
+def test_the_plan_is_composed_apart_from_the_runs_config():
+    """The plan is compare.yaml's; no run's config carries it, and sweep tags are written unescaped."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import compose_compare_config, compose_train_config
+
+    frontier = compose_compare_config(["compare=frontier", "compare.seeds=[5]"])
+    sweeps = OmegaConf.to_container(frontier.sweeps, resolve=False)  # resolved in each run, not in the plan
+    assert list(frontier.seeds) == [5] and "tag=beta${algo.loss.beta}" in sweeps[0]
+    assert "compare" not in compose_train_config(["experiment=smoke"])
+
+
+def test_arms_are_the_comparisons_and_reach_the_runs_through_the_search_path(tmp_path):
+    command = sweep_command(["arm=dpo,ipo", "eval.num_prompts=8"], [0], [], tmp_path, "basic", 2)
+    assert "+arm=dpo,ipo" in command and "eval.num_prompts=8" in command
+    searchpath = next(o for o in command if o.startswith("hydra.searchpath="))
+    arms = Path(searchpath.split("file://")[1].rstrip("]")) / "arm"
+    assert sorted(p.stem for p in arms.glob("*.yaml")) == ["dpo", "ipo", "kto", "orpo", "ppo", "rlaif"]
+    assert not any(o.startswith("hydra.searchpath") for o in sweep_command(["algo=dpo"], [0], [], tmp_path,
+                                                                           "basic", 2))
 
 
 def test_sweep_command_shares_the_cores_between_parallel_runs(tmp_path):
@@ -126,7 +148,7 @@ def test_the_notebook_executes_against_the_comparison(compared, cache, tmp_path,
 
 def test_each_run_measures_its_own_peak_memory():
     # a multirun reuses worker processes: a run must not report the peak of the run before it
-    from zoo.run import peak_memory_mb, reset_peak_memory
+    from zoo.memory import peak_memory_mb, reset_peak_memory
 
     block = bytearray(400 * 2**20)  # the previous run's peak (bytearray zero-fills, so the pages are resident)
     del block

@@ -24,12 +24,33 @@ def test_yaml_count():
     assert len(list(CONF.rglob("*.yaml"))) == EXPECTED_YAML_FILES
 
 
-@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(CONF)))
+@pytest.mark.parametrize("path", [p for p in GROUP_FILES if p.relative_to(CONF).parts[0] != "compare"],
+                         ids=lambda p: str(p.relative_to(CONF)))
 def test_every_group_file_composes(path):
     group = str(path.parent.relative_to(CONF))
     cfg = compose_train([f"{group}={path.stem}", "data.path=some.jsonl"])
     OmegaConf.to_container(cfg.algo, resolve=True)  # interpolations resolve
     assert cfg.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "compare").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_comparison_plan_composes_and_names_existing_arms(path):
+    """compare/*.yaml compose from compare.yaml (not train.yaml), and every arm a sweep names exists."""
+    from zoo.compare import split_top_level, sweep_size
+    from zoo.config import compose_compare_config
+
+    plan = compose_compare_config([f"compare={path.stem}"])
+    sweeps = OmegaConf.to_container(plan.sweeps, resolve=False)
+    assert sweeps and all(sweep_size(sweep) for sweep in sweeps)
+    arms = {arm for sweep in sweeps for o in sweep if o.startswith("arm=") for arm in split_top_level(o[4:])}
+    assert arms and all((CONF / "compare" / "arm" / f"{arm}.yaml").exists() for arm in arms)
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "compare" / "arm").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_arm_composes_as_the_comparison_launches_it(path):
+    """An arm is a `zoo train` override file the runs find on Hydra's search path (zoo.compare.sweep_command)."""
+    cfg = compose_train([f"+arm={path.stem}", f"hydra.searchpath=[file://{CONF / 'compare'}]"])
+    assert cfg.algo.name == path.stem and cfg.trainer.max_steps < compose_train([f"algo={path.stem}"]).trainer.max_steps
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "algo").glob("*.yaml")), ids=lambda p: p.stem)
@@ -90,3 +111,21 @@ def test_algo_orpo_brings_its_trainer_preset():
     """ORPO replaces SFT + preference step in one stage from the base model: its own steps and lr."""
     cfg = compose_train(["algo=orpo"])
     assert (cfg.trainer.max_steps, cfg.trainer.learning_rate, cfg.algo.init) == (500, 3e-4, "base")
+
+
+def test_ppo_and_online_feedback_keys_live_in_their_own_schemas():
+    """PPO's and online feedback's keys are not every algorithm's: setting one on DPO fails at compose time."""
+    dpo = compose_train(["algo=dpo"])
+    assert not {"value_init", "reward_model", "direct_judge", "online_feedback"} & set(dpo.algo)
+    with pytest.raises(ConfigCompositionException):
+        compose_train(["algo=dpo", "algo.value_init=reference"])
+    assert compose_train(["algo=rlaif", "algo.value_init=reference"]).algo.value_init == "reference"
+    assert compose_train(["algo=online_dpo"]).algo.online_feedback is True
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "algo").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_algo_declares_known_stages(path):
+    from zoo.stages import STAGE_NAMES
+
+    stages = list(compose_train([f"algo={path.stem}"]).algo.stages)
+    assert "reference" in stages and set(stages) <= set(STAGE_NAMES)

@@ -163,7 +163,7 @@ def test_unpaired_collator_stacks_examples_then_shifted_kl_rows():
 def test_keep_desirable_makes_an_imbalanced_split():
     """10 pairs unpaired -> 10 desirable + 10 undesirable; fraction 0.1 keeps 1 desirable and all 10 undesirable,
     in the original order, the same rows for the same seed."""
-    from zoo.run import keep_desirable
+    from zoo.data.split import keep_desirable
 
     rows, _ = load_rows("unpaired", "p", [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(10)])
     kept = keep_desirable(rows, 0.1, seed=0)

@@ -10,7 +10,9 @@ import torch
 
 from zoo.config import TrainerConfig
 from zoo.data.tokenize import tokenize_pair
-from zoo.feedback.gold import Labels, SimulatedRaters
+from zoo.feedback.base import Labels
+from zoo.feedback.raters import SimulatedRaters
+from zoo.world.gold import gold_reward
 from zoo.losses import DPOLoss
 from zoo.models import Reference, load_causal_lm, load_tokenizer
 from zoo.online import OnlinePairs
@@ -25,7 +27,8 @@ CPU = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index
 
 class Stub:
     """A labeler with a known rule: ``first``, ``second``, ``longer`` or ``shorter`` (text length) wins.
-    Its probability P(first > second) is ``confidence`` toward the winner; its gold reward is the text length."""
+    Its probability P(first > second) is ``confidence`` toward the winner; the task's gold reward in these
+    tests is the text length (``length_gold``)."""
 
     def __init__(self, rule: str, confidence: float = 0.8):
         self.rule, self.confidence = rule, confidence
@@ -36,7 +39,12 @@ class Stub:
                  "longer": lambda a, b: len(a) >= len(b), "shorter": lambda a, b: len(a) <= len(b)}
         wins = [rules[self.rule](a, b) for a, b in zip(first, second)]
         probs = [self.confidence if w else 1 - self.confidence for w in wins]
-        return Labels(wins, probs, [float(len(t)) for t in first], [float(len(t)) for t in second])
+        return Labels(wins, probs)
+
+
+def length_gold(texts):
+    """A gold reward the tests can compute by hand: the text's length."""
+    return [float(len(t)) for t in texts]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,9 +67,9 @@ def policy():
     return load_causal_lm(MODEL).train()
 
 
-def source(policy, tokenizer, labeler, batch_size=4, max_new_tokens=8, **kwargs):
+def source(policy, tokenizer, labeler, batch_size=4, max_new_tokens=8, gold_fn=length_gold, **kwargs):
     return OnlinePairs(policy, labeler, tokenizer, PROMPTS, batch_size=batch_size, grad_accum_steps=1, seed=3,
-                       max_new_tokens=max_new_tokens, **kwargs)
+                       max_new_tokens=max_new_tokens, gold_fn=gold_fn, **kwargs)
 
 
 def rows(batch):
@@ -187,15 +195,15 @@ def test_identical_pairs_are_kept_and_counted(policy, tokenizer):
 
 
 class NoGold(Stub):
-    """Labels with no gold rewards (a judge off the world) but a measured position bias."""
+    """A judge's labels with a measured position bias (off the world: no task gold reward)."""
 
     def label(self, prompts, first, second):
         labels = super().label(prompts, first, second)
-        return Labels(labels.first_wins, labels.probability, None, None, position_bias=0.125)
+        return Labels(labels.first_wins, labels.probability, position_bias=0.125)
 
 
 def test_labels_without_gold_rewards_give_no_gold_metrics(policy, tokenizer):
-    batch = next(source(policy, tokenizer, NoGold("first")).batches(CPU, policy, 0, 1))
+    batch = next(source(policy, tokenizer, NoGold("first"), gold_fn=None).batches(CPU, policy, 0, 1))
     assert "online/gold_margin" not in batch["metrics"] and "online/label_noise" not in batch["metrics"]
     assert batch["metrics"]["online/label_confidence"] == pytest.approx(0.8)
     assert batch["metrics"]["online/position_bias"] == 0.125
@@ -232,8 +240,8 @@ def test_completions_end_in_one_eos_as_the_offline_tokenization(policy, tokenize
 
 def test_fit_trains_dpo_on_online_pairs(tmp_path, tokenizer):
     policy = load_causal_lm(MODEL)
-    src = OnlinePairs(policy, SimulatedRaters(temperature=0.1), tokenizer, PROMPTS, batch_size=4, grad_accum_steps=1,
-                      seed=0, max_new_tokens=8, max_length=64)
+    src = OnlinePairs(policy, SimulatedRaters(gold_reward, temperature=0.1), tokenizer, PROMPTS, batch_size=4,
+                      grad_accum_steps=1, seed=0, max_new_tokens=8, max_length=64, gold_fn=gold_reward)
     initial = {k: v.clone() for k, v in policy.state_dict().items()}
     cfg = TrainerConfig(max_steps=3, batch_size=4, learning_rate=1e-3, warmup_steps=1, log_every=1)
     result = fit(policy, DPOLoss(beta=0.1), src, cfg, tmp_path, seed=0,

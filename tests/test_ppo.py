@@ -141,13 +141,13 @@ def test_forward_hand_computed():
       (V - R)^2 = (0, 0.16 | 1, 4), (V_clip - R)^2 = (0.09, 0.16 | 0.49, 1.44); the clipped term wins on a only
       vf_loss = 0.5 * (0.09 + 0.16 + 1 + 4) / 4 = 0.65625; val/clipfrac = 1 / 4.
       d (0.1 vf) / d V = 0.1 * (V - R) / 4 where the unclipped term wins, 0 on a: (0, -0.01 | -0.025, 0.05).
-    loss = -0.4625 + 0.1 * 0.65625 = -0.396875 for both rows.
+    loss = -0.4625 + 0.1 * 0.65625 = -0.396875 for the minibatch (a token mean over both rows).
     explained variance: Var[R] = 0.1875, R - V = (0, 0.4, 1, -2) has mean -0.15 and Var 5.07 / 4 = 1.2675,
       so EV = 1 - 1.2675 / 0.1875 = -5.76."""
     out = ppo_output()
     result = PPOLoss(clip_eps=0.2, value_clip=0.2, vf_coef=0.1, kl_penalty="reward")(out)
-    assert result.loss.shape == (2,)
-    assert_close(result.loss, torch.full((2,), -0.396875))
+    assert result.loss is None and result.batch_loss.shape == ()  # reduced over the minibatch, not per row
+    assert_close(result.objective(), torch.tensor(-0.396875))
     m = result.metrics
     assert {"policy/approxkl", "policy/clipfrac", "val/vf_loss", "val/clipfrac", "val/explained_variance"} <= set(m)
     assert "policy/kl_loss" not in m
@@ -157,7 +157,7 @@ def test_forward_hand_computed():
     assert_close(m["val/clipfrac"], torch.tensor(0.25))
     assert_close(m["policy/approxkl"], torch.tensor((math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.1) ** 2) / 8))
     assert_close(m["val/explained_variance"], torch.tensor(-5.76))
-    result.loss.mean().backward()  # the trainer's reduction
+    result.objective().backward()  # the trainer's reduction
     assert_close(out.policy.token_logps.grad, torch.tensor([[0.0, 0.0, 0.0], [0.0, -0.5, 0.1375]]))
     assert_close(out.values.grad, torch.tensor([[0.0, -0.01, 0.0], [0.0, -0.025, 0.05]]))
 
@@ -173,9 +173,9 @@ def test_forward_kl_in_the_loss():
     for penalty in ("reward", "loss"):
         out = ppo_output(kl_coef=0.5)
         result = PPOLoss(vf_coef=0.1, kl_coef=0.05, kl_penalty=penalty)(out)
-        result.loss.mean().backward()
+        result.objective().backward()
         grads[penalty] = out.policy.token_logps.grad
-    assert_close(result.loss, torch.full((2,), -0.334375))
+    assert_close(result.objective(), torch.tensor(-0.334375))
     assert_close(result.metrics["policy/kl_loss"], torch.tensor(0.125))
     assert_close(grads["loss"] - grads["reward"], torch.tensor([[0.0625, -0.125, 0.0], [0.0, 0.0, 0.0]]))
 
@@ -186,7 +186,7 @@ def test_policy_gradient_sign_at_ratio_one():
     log-prob of positive-advantage tokens and lowers it for negative ones."""
     mask = [[1, 1], [1, 0]]
     out = ppo_output(ratios=[[1.0, 1.0], [1.0, 1.0]], advantages=[[2.0, -1.0], [0.5, 100.0]], mask=mask)
-    PPOLoss()(out).loss.mean().backward()
+    PPOLoss()(out).objective().backward()
     assert_close(out.policy.token_logps.grad, torch.tensor([[-2 / 3, 1 / 3], [-1 / 6, 0.0]]))
 
 

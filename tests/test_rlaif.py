@@ -93,12 +93,12 @@ def test_label_stage_key_follows_the_judge_files(tmp_path):
     judge_dir = tmp_path / "judge"
     shutil.copytree(paths.JUDGE, judge_dir)
     cfg = compose_train_config(["feedback=judge", f"feedback.source.model={judge_dir}"])
-    before = stages._feedback_digest(cfg)
+    before = stages.config_identity(cfg.feedback)
     (judge_dir / "config.json").write_text((judge_dir / "config.json").read_text() + " ")
-    assert stages._feedback_digest(cfg) != before
+    assert stages.config_identity(cfg.feedback) != before
     cfg.feedback.source.cache_dir = str(tmp_path / "elsewhere")  # where judgements are cached changes nothing
-    assert stages._feedback_digest(cfg) == stages._feedback_digest(
-        compose_train_config(["feedback=judge", f"feedback.source.model={judge_dir}"]))
+    assert stages.config_identity(cfg.feedback) == stages.config_identity(
+        compose_train_config(["feedback=judge", f"feedback.source.model={judge_dir}"]).feedback)
 
 
 def test_zoo_label_writes_a_preference_dataset(cache, tmp_path):
@@ -181,14 +181,15 @@ def test_online_dpo_samples_and_judges_pairs_each_step(cache, tmp_path):
     zoo("train", "algo=online_dpo", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["online_feedback"] == "judge"
-    assert metrics["data_source"].endswith("preference_prompts.jsonl")  # prompts only: pairs come online
+    assert metrics["data_source"] == "${world_asset:data/preference_prompts.jsonl}"  # prompts only: pairs come online
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "online/label_confidence" in log[0] and "rewards/margins" in log[0]
 
 
 def test_online_feedback_refuses_an_unpaired_loss(cache, tmp_path):
-    proc = zoo("train", "algo=kto", "algo.online_feedback=true", "experiment=smoke", f"hydra.run.dir={tmp_path}",
-               cache=cache, check=False)
+    proc = zoo("train", "algo=online_dpo", "algo.loss._target_=zoo.losses.KTOLoss", "~algo.loss.label_smoothing",
+               "experiment=smoke",
+               f"hydra.run.dir={tmp_path}", cache=cache, check=False)
     assert proc.returncode == 1 and "needs a paired loss" in " ".join(proc.stderr.split())
 
 

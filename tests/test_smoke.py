@@ -6,6 +6,7 @@ the measured numbers in docs/).
 """
 
 import json
+import re
 
 import pytest
 from zoo_cli import zoo
@@ -26,6 +27,13 @@ def check_run_dir(run_dir, algo):
     assert metrics["gold_reward"]["ci95_low"] <= metrics["gold_reward"]["mean"] <= metrics["gold_reward"]["ci95_high"]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 1 and "loss" in log[0] and log[-1]["step"] == 3
+    # paths are portable (run dirs can be copied anywhere): the world's assets and the stage cache by name,
+    # never the absolute paths of this machine; only the cache setting itself is as it was given
+    assert metrics["reference"].startswith("${stages.cache_dir}/sft-")
+    for name in ("metrics.json", "config.yaml"):
+        absolute = [line.strip() for line in (run_dir / name).read_text().splitlines()
+                    if re.search(r"""(^|[\s"'=:(])/\w""", line)]
+        assert all(line.startswith("cache_dir:") for line in absolute), absolute
     return metrics, log
 
 
@@ -102,7 +110,7 @@ def test_local_file_trains_the_given_model(cache, tmp_path):
     zoo("train", "algo=dpo", "data=local", f"data.path={data}", f"model.name_or_path={paths.MODEL}",
         "trainer=cpu_smoke", "eval.num_prompts=4", "eval.max_new_tokens=8", f"hydra.run.dir={run_dir}", cache=cache)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "finished" and metrics["reference"] == str(paths.MODEL)
+    assert metrics["status"] == "finished" and metrics["reference"] == "${world_asset:model}"  # portable
     assert metrics["data_source"] == str(data) and "gold_reward" not in metrics  # no world gold on local data
 
 

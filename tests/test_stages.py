@@ -21,25 +21,48 @@ def cfg(tmp_path):
 
 
 def test_sft_preference_and_reward_stages_build_once(cfg, tmp_path, monkeypatch):
-    reference = stages.sft_stage(cfg, cfg.data.demonstrations_path)
-    pairs = stages.preference_stage(cfg, reference, cfg.data.prompts_path)
+    prepared = stages.prepare(cfg, ["reward_model"])  # and what it depends on: reference, samples, labels
+    reference, pairs, reward = prepared.reference.path, prepared.labels.path, prepared.reward_model.path
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert rows and {"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold"} <= set(rows[0])
-    reward = stages.reward_stage(cfg, reference, pairs)
-    info = json.loads((reward.parent / "stage.json").read_text())
+    info = prepared.reward_model.info
+    assert info == json.loads((reward.parent / "stage.json").read_text())
     assert info["steps"] == 3 and "rm_accuracy_vs_gold" in info and "rm_accuracy_vs_labels" in info
     assert AutoModelForSequenceClassification.from_pretrained(reward).config.num_labels == 1
+    assert prepared.labels.feedback_metrics()["feedback_agreement_with_gold"] == prepared.labels.info["agreement_with_gold"]
 
     # A second request with the same config is a cache hit: nothing is rebuilt.
     monkeypatch.setattr(stages, "fit", lambda *a, **k: pytest.fail("a cached stage was rebuilt"))
-    assert stages.sft_stage(cfg, cfg.data.demonstrations_path) == reference
-    assert stages.preference_stage(cfg, reference, cfg.data.prompts_path) == pairs
-    assert stages.reward_stage(cfg, reference, pairs) == reward
+    again = stages.prepare(cfg, ["reference", "labels", "reward_model"])
+    assert (again.reference.path, again.labels.path, again.reward_model.path) == (reference, pairs, reward)
     assert not list(tmp_path.glob("*.tmp"))  # no half-built stage left behind
 
 
+def test_a_run_builds_only_the_stages_it_declares(cfg, tmp_path):
+    """SFT's run reads the reference only; DPO's the labelled pairs too, never a reward model."""
+    assert stages.prepare(cfg, ["reference"]).labels is None and {p.name.split("-")[0] for p in tmp_path.iterdir()
+                                                                   if p.is_dir()} == {"sft"}
+    dpo = stages.prepare(cfg, ["reference", "labels"])
+    assert dpo.reward_model is None and not list(tmp_path.glob("reward-*"))
+    with pytest.raises(ValueError, match="unknown stage"):
+        stages.prepare(cfg, ["pairs"])
+
+
+def test_stage_keys_are_content_not_location(cfg, tmp_path):
+    """The same inputs at another path (a moved checkout or cache) give the same keys: nothing rebuilds."""
+    import shutil
+
+    reference = stages.prepare(cfg, ["reference"]).reference.path
+    moved = tmp_path / "moved" / "reference"
+    shutil.copytree(reference, moved)
+    prompts = Path(cfg.data.prompts_path)
+    assert stages.identity(moved) == stages.identity(reference) != stages.identity("org/model")
+    assert stages.cache_key("samples", stages.identity(moved), stages.file_digest(prompts)) == \
+        stages.cache_key("samples", stages.identity(reference), stages.file_digest(prompts))
+
+
 def test_changing_a_stage_setting_changes_its_key(cfg):
-    reference = stages.sft_stage(cfg, cfg.data.demonstrations_path)
+    reference = stages.prepare(cfg, ["reference"]).reference.path
     cfg.stages.preferences.num_prompts = 12
-    other = stages.preference_stage(cfg, reference, cfg.data.prompts_path)
+    other = stages.label_stage(cfg, stages.samples_stage(cfg, reference, Path(cfg.data.prompts_path)))
     assert len(other.read_text().splitlines()) <= 12

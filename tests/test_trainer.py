@@ -66,12 +66,13 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
 
     from zoo.data.collate import DemonstrationCollator
     from zoo.models import sequence_logps
-    from zoo.run import build_policy
+    from zoo.builders import build_policy
+    from zoo.stages import Prepared, Stage
 
     cfg = OmegaConf.create({"model": {"dtype": "float32", "trust_remote_code": False}, "quant": {"bits": None},
                             "peft": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
                             "algo": {"online_feedback": False}})
-    built = build_policy(cfg, str(paths.MODEL), str(paths.MODEL), tokenizer=None)
+    built = build_policy(cfg, str(paths.MODEL), Prepared(Stage(paths.MODEL, {}, 0.0)), tokenizer=None, task=None)
     policy, reference = built.policy, built.reference
     assert reference.separate is None and built.model is policy
     with torch.no_grad():  # LoRA's B starts at zero; move it so the policy differs from its base

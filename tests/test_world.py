@@ -8,16 +8,18 @@ import sys
 
 import pytest
 
-from zoo.feedback.gold import SimulatedRaters
+from zoo.feedback.raters import SimulatedRaters
+from zoo.world.gold import gold_reward
 from zoo.world import paths
 
 
 def test_raters_follow_bradley_terry():
     """P(first wins) = sigmoid((VADER(good) - VADER(fine)) / 0.1), and the empirical win rate matches it."""
-    raters = SimulatedRaters(temperature=0.1, seed=0)
+    raters = SimulatedRaters(gold_reward, temperature=0.1, seed=0)
     n = 4000
     labels = raters.label([f"p{i}" for i in range(n)], ["The acting was good."] * n, ["The acting was fine."] * n)
-    gap = labels.reward_first[0] - labels.reward_second[0]
+    good, fine = gold_reward(["The acting was good.", "The acting was fine."])
+    gap = good - fine
     expected = 1 / (1 + math.exp(-gap / 0.1))
     assert labels.probability[0] == pytest.approx(expected)
     assert sum(labels.first_wins) / n == pytest.approx(expected, abs=0.03)
@@ -26,7 +28,7 @@ def test_raters_follow_bradley_terry():
 def test_rater_draws_are_per_pair_not_per_batch_position():
     """A pair keeps its label wherever it sits and whatever it is labelled with; the i-th pairs of two
     calls (online feedback: two training steps) get independent draws, not one shared by position."""
-    raters = SimulatedRaters(temperature=0.1, seed=0)
+    raters = SimulatedRaters(gold_reward, temperature=0.1, seed=0)
     good, fine = "The acting was good.", "The acting was fine."
     prompts = [f"review {i}:" for i in range(400)]
     alone = [raters.label([p], [good], [fine]).first_wins[0] for p in prompts]
@@ -35,7 +37,7 @@ def test_rater_draws_are_per_pair_not_per_batch_position():
     assert alone == batched == reversed_batch
     # one label per call at position 0, 400 calls: the old per-call reseeding gave 400 equal labels
     assert 0.2 < sum(alone) / 400 < 0.95 and len(set(alone)) == 2
-    other_seed = SimulatedRaters(temperature=0.1, seed=1).label(prompts, [good] * 400, [fine] * 400).first_wins
+    other_seed = SimulatedRaters(gold_reward, temperature=0.1, seed=1).label(prompts, [good] * 400, [fine] * 400).first_wins
     assert other_seed != batched
 
 

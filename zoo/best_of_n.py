@@ -38,6 +38,15 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+
+from zoo.builders import reward_model_scorer
+from zoo.config import portable
+from zoo.data.load import read_rows
+from zoo.evaluate import distinct_n, normal_ci_over_prompts
+from zoo.models import load_causal_lm, load_tokenizer
+from zoo.rollout import sample
+from zoo.stages import prepare
 
 
 def kl_bound(n: int) -> float:
@@ -115,34 +124,28 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     metrics.json in the run-dir contract, so ``zoo report`` reads them next to trained policies, and
     samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
     Returns the metrics written."""
-    from zoo.data.load import read_rows
-    from zoo.evaluate import distinct_n, normal_ci_over_prompts
-    from zoo.models import load_causal_lm, load_tokenizer
-    from zoo.rollout import sample
-    from zoo.run import reward_model_scorer, shared_stages
-
-    if not cfg.data.world_metrics:
-        raise ValueError(f"best-of-N is measured by gold reward, which data={cfg.data.name} does not have")
+    if cfg.data.metrics is None:
+        raise ValueError(f"best-of-N is measured by gold reward, which data={cfg.data.name} does not have "
+                         f"(data.metrics)")
     bad = [n for n in ns if n < 1 or n > pool_size]
     if bad:
         raise ValueError(f"best-of-N sizes must be in 1..pool_size ({pool_size}), got {bad}")
-    from zoo.world.gold import gold_reward
-    from zoo.world.grammar import is_grammatical
-
-    paths = shared_stages(cfg)
+    task = instantiate(cfg.data.metrics)
+    stages = prepare(cfg, ["reference", "reward_model"])
+    reference_path, reward_path = str(stages.reference.path), str(stages.reward_model.path)
     started = time.perf_counter()
-    tokenizer = load_tokenizer(str(paths["reference"]), cfg.model.trust_remote_code)
-    model = load_causal_lm(str(paths["reference"]), cfg.model.dtype, cfg.model.trust_remote_code).eval()
+    tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
+    model = load_causal_lm(reference_path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
     prompts = [row["prompt"] for row in read_rows(Path(cfg.data.eval_path))][:num_prompts]
     p, m = len(prompts), pool_size
     pool_prompts = [prompt for prompt in prompts for _ in range(m)]  # prompt-major: item i * M + j
     pool = sample(model, tokenizer, pool_prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
                   cfg.eval.batch_size, seed=20_000 + cfg.seed, desc=f"best-of-N: {m} reference samples x {p} prompts")
     lengths = torch.tensor([len(ids) for ids in pool.completion_ids])
-    scorer = reward_model_scorer(cfg, model, str(paths["reward_model"]), tokenizer)
+    scorer = reward_model_scorer(cfg, model, reward_path, tokenizer)
     scores = scorer(pool_prompts, pool.texts, next(model.parameters()).device).cpu()
-    gold = torch.tensor(gold_reward(pool.texts), dtype=torch.float64)
-    grammatical = torch.tensor([float(is_grammatical(q + c)) for q, c in zip(pool_prompts, pool.texts)])
+    gold = torch.tensor(task.gold_reward(pool.texts), dtype=torch.float64)
+    grammatical = torch.tensor([float(ok) for ok in task.fluency(pool_prompts, pool.texts)])
     seconds = time.perf_counter() - started
     # (P, M) views: row = prompt, column = pool sample
     scores, gold = scores.view(p, m), gold.view(p, m)
@@ -170,7 +173,8 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
             "distinct_2": distinct_n(shown),
             "train_seconds": 0.0,  # nothing is trained: the cost is n samples + n RM calls per prompt at inference
             "pool_seconds": seconds, "samples_per_prompt": n, "pool_size": m, "num_eval_prompts": p,
-            "reference": str(paths["reference"]), "reward_model": str(paths["reward_model"]),
+            "reference": portable(reference_path, cfg.stages.cache_dir),
+            "reward_model": portable(reward_path, cfg.stages.cache_dir),
         }
         run_dir = out_dir / ("sft" if n == 1 else f"best_of_{n}")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """``zoo compare [overrides]``: the preset comparison, from shared stages to one report.
 
 1. **Stages, once.** For each feedback source in ``compare.feedback``: the SFT reference, the
-   reference's pairs labelled by that source, and the reward model trained on them (``shared_stages``).
+   reference's pairs labelled by that source, and the reward model trained on them (``zoo.stages.prepare``).
    Every run below starts from these, so all methods share the starting policy, prompts and labels.
 2. **Best-of-N** from the reference, selected by the reward model (``zoo.best_of_n``); N = 1 is the
    SFT reference's own row.
@@ -14,7 +14,11 @@
 4. **Report.** ``zoo report`` over the runs and best-of-N, plus ``compare.json``: the command, the git
    commit, the machine and the time each phase took.
 
-Every override except ``compare.*`` is passed on to each run (``experiment=smoke``, ``trainer.*``, ...).
+The plan has its own primary config (``conf/compare.yaml``): ``compare=NAME`` picks one of
+``conf/compare/*.yaml`` and ``compare.KEY=VALUE`` changes it; every other override is passed on to the
+stages and to each run (``experiment=smoke``, ``trainer.*``, ...). Each algorithm's comparison budget is
+``conf/compare/arm/NAME.yaml``, which a sweep names with ``arm=NAME``: the runs find those files through
+``hydra.searchpath``, so ``zoo train``'s own config knows nothing of the comparison.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 POLL_SECONDS = 2.0
+# built once per feedback source before the runs, so parallel runs find them ready instead of queueing on the
+# cache's locks: the SFT reference, its pairs labelled by that source, the reward model trained on them
+SHARED_STAGES = ("reference", "labels", "reward_model")
 
 
 def split_top_level(value: str) -> list[str]:
@@ -68,9 +75,17 @@ def sweep_size(overrides: list[str]) -> int | None:
     return size
 
 
+ARMS_DIR = Path(__file__).parent / "conf" / "compare"  # holds arm/, the comparison budgets
+
+
+def is_compare_override(override: str) -> bool:
+    """``compare=NAME`` / ``compare.KEY=VALUE``: the plan's own settings, which no run reads."""
+    return override.lstrip("+~").startswith(("compare.", "compare="))
+
+
 def run_overrides(overrides: list[str]) -> list[str]:
-    """The user's overrides every run gets: all but ``compare.*`` (which only steer this command)."""
-    return [o for o in overrides if not o.lstrip("+~").startswith("compare.")]
+    """The user's overrides every run gets: all but the plan's (``compare=``, ``compare.*``)."""
+    return [o for o in overrides if not is_compare_override(o)]
 
 
 def is_hydra_override(override: str) -> bool:
@@ -86,8 +101,12 @@ def launcher_of(overrides: list[str], default: str) -> str:
 
 def sweep_command(sweep: list[str], seeds: list[int], passed: list[str], sweep_dir: Path, launcher: str,
                   n_jobs: int) -> list[str]:
-    """The ``zoo train -m`` command line of one sweep."""
+    """The ``zoo train -m`` command line of one sweep. ``arm=NAME`` becomes ``+arm=NAME`` with the arms'
+    directory on Hydra's search path: the group is the comparison's, not ``train.yaml``'s."""
+    sweep = [("+" + o) if o.startswith("arm=") else o for o in sweep]
     command = [sys.executable, "-m", "zoo.cli", "train", "-m", *passed, *sweep]
+    if any(o.startswith("+arm=") for o in sweep):
+        command.append(f"hydra.searchpath=[file://{ARMS_DIR}]")
     if not any(o.split("=")[0].lstrip("+") == "seed" for o in sweep):
         command.append("seed=" + ",".join(str(s) for s in seeds))
     command.append(f"hydra.sweep.dir={sweep_dir}")
@@ -210,21 +229,20 @@ def minutes(seconds: float) -> str:
 def main(argv: list[str]) -> int:
     """Run the comparison for ``argv`` (Hydra overrides); returns the number of failed runs."""
     from zoo.best_of_n import run_best_of_n
-    from zoo.config import compose_train_config
+    from zoo.config import compose_compare_config, compose_train_config
     from zoo.report import ReportWarning, collect_runs, markdown_table, aggregate, write_report
-    from zoo.run import shared_stages
+    from zoo.stages import prepare
 
     started = time.perf_counter()
     overrides = list(argv)
-    cfg = compose_train_config([o for o in overrides if not is_hydra_override(o)])  # hydra.*: for the runs
-    plan = cfg.compare
+    plan = compose_compare_config([o for o in overrides if is_compare_override(o)])
+    passed = run_overrides(overrides)
+    cfg = compose_train_config([o for o in passed if not is_hydra_override(o)])  # hydra.*: for the runs
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
-    passed = run_overrides(overrides)
     launcher = launcher_of(overrides, plan.launcher)
-    # a sweep's ``tag=beta\${algo.loss.beta}`` (escaped in YAML) reaches each run as ``tag=beta${algo.loss.beta}``,
-    # which resolves there
-    sweeps = [[str(o) for o in sweep] for sweep in OmegaConf.to_container(plan.sweeps, resolve=True)]
+    # unresolved: a sweep's ``tag=beta${algo.loss.beta}`` resolves in each run, not in the plan
+    sweeps = [[str(o) for o in sweep] for sweep in OmegaConf.to_container(plan.sweeps, resolve=False)]
     seeds = list(plan.seeds)
     phases: dict[str, float] = {}
     record = {"command": "zoo compare " + shlex.join(overrides), **git_commit(), "machine": machine(),
@@ -235,7 +253,8 @@ def main(argv: list[str]) -> int:
     phase = time.perf_counter()
     for feedback in plan.feedback:
         print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
-        shared_stages(compose_train_config([*(o for o in passed if not is_hydra_override(o)), f"feedback={feedback}"]))
+        prepare(compose_train_config([*(o for o in passed if not is_hydra_override(o)), f"feedback={feedback}"]),
+                SHARED_STAGES)
     phases["stages_seconds"] = time.perf_counter() - phase
 
     # 2. best-of-N (and the reference's own row, N = 1)

@@ -19,29 +19,44 @@ WORLD_ASSETS = Path(__file__).parent / "world" / "assets"
 
 @dataclass
 class RolloutConfig:
-    """How an online algorithm (PPO) samples and reuses its experience."""
+    """How an online algorithm samples from the policy it trains (PPO's rollouts, online DPO's pairs)."""
 
     max_new_tokens: int = 48  # the eval's length, so the policy is trained on what it is judged on
     temperature: float = 1.0  # log-probs (old, new, reference) are all taken at this temperature
-    num_minibatches: int = 4  # rollout batch = trainer.batch_size * trainer.grad_accum_steps * num_minibatches
-    ppo_epochs: int = 4  # optimisation passes over each rollout batch
+    num_minibatches: int = 4  # PPO: rollout batch = trainer.batch_size * trainer.grad_accum_steps * num_minibatches
+    ppo_epochs: int = 4  # PPO: optimisation passes over each rollout batch
     forward_batch_size: int = 64  # sequences per no-grad forward pass when scoring a rollout
 
 
 @dataclass
 class AlgoConfig:
+    """What every algorithm config has; PPO's and online feedback's own keys are in the schemas below,
+    which their YAML files name first in their defaults (``ppo_schema``, ``online_schema``)."""
+
     name: str = MISSING  # label used in run names and the report
     loss: Any = MISSING  # {_target_: zoo.losses.X, **constructor arguments}
     init: str = "reference"  # where the policy starts: "reference" (the SFT policy) or "base" (model.name_or_path)
-    # online algorithms (PPO) only:
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # the stages it reads (zoo.stages.prepare): reference, samples, labels, reward_model; a data config without
+    # a stage for one gives it by path instead (model.name_or_path, data.path)
+    stages: list[str] = field(default_factory=lambda: ["reference"])
+
+
+@dataclass
+class PPOAlgoConfig(AlgoConfig):
+    """PPO-RLHF and its variants (RLAIF, d-RLAIF): how rollouts are scored and the value model starts."""
+
     reward_model: str | None = None  # a trained RM dir (full model or LoRA adapter); null: the cached reward stage
     value_init: str = "reward"  # the value model's trunk: "reward" (the RM, Huang et al.) or "reference" (SFT)
     value_checkpointing: bool = False  # recompute the value trunk in backward: less memory, ~15% more update compute
     direct_judge: bool = False  # d-RLAIF: rollouts scored by `feedback`'s judge rating (score mode), no reward model
-    # online AI feedback (Guo et al. 2024): each step's pairs are sampled from the policy being trained
-    # (algo.rollout.max_new_tokens / temperature) and labelled by `feedback`; paired losses only
-    online_feedback: bool = False
+
+
+@dataclass
+class OnlineAlgoConfig(AlgoConfig):
+    """Online AI feedback (Guo et al. 2024): each step's pairs are sampled from the policy being trained
+    (``rollout.max_new_tokens`` / ``temperature``) and labelled by ``feedback``; paired losses only."""
+
+    online_feedback: bool = True
 
 
 @dataclass
@@ -73,7 +88,8 @@ class DataConfig:
     desirable_fraction: float = 1.0  # unpaired losses (KTO): keep this seeded fraction of the desirable rows
     sft_stage: bool = False  # build the reference by SFT of the model on the demonstrations (cached)
     preference_stage: bool = False  # collect pairs from the reference, labelled by `feedback` (cached)
-    world_metrics: bool = False  # score samples with the world's gold reward and grammar
+    # the task's metrics (zoo.evaluate.TaskMetrics: gold reward, fluency, judge), {_target_: ...}; null: none
+    metrics: Any = None
 
 
 @dataclass
@@ -157,9 +173,12 @@ class StagesConfig:
 
 @dataclass
 class CompareConfig:
-    """``zoo compare``'s plan (conf/compare/*.yaml); ``zoo train`` ignores it."""
+    """``zoo compare``'s plan (``conf/compare/*.yaml``, chosen by ``compare=NAME``), composed from its own
+    primary config (``conf/compare.yaml``): no run's config carries it."""
 
-    # each sweep is one Hydra multirun: `zoo train -m <overrides> seed=<seeds>` (sweep syntax allowed)
+    # each sweep is one Hydra multirun: `zoo train -m <overrides> seed=<seeds>` (sweep syntax allowed; run
+    # interpolations such as tag=beta${algo.loss.beta} resolve in each run); `arm=X` picks a comparison budget
+    # of conf/compare/arm/
     sweeps: list[list[str]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     feedback: list[str] = field(default_factory=lambda: ["gold"])  # shared stages are built for each, first
@@ -182,19 +201,70 @@ class TrainConfig:
     quant: QuantConfig = MISSING
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # online algorithms' sampling
     stages: StagesConfig = field(default_factory=StagesConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
     seed: int = 0
     tag: str | None = None  # a label the report groups by next to algo and feedback (sweeps: tag=beta${algo.loss.beta})
 
 
-def compose_train_config(overrides: list[str]):
-    """The ``zoo train`` config for ``overrides``, composed without starting a Hydra run (``zoo label``)."""
+def portable(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """A path as run outputs record it, readable on any machine: under the world's assets as
+    ``${world_asset:REL}``, under the stage cache as ``${stages.cache_dir}/REL``, under the working
+    directory relative to it; anything else (a hub id, a path outside) as given."""
+    text = str(path)
+    if not (Path(text).is_absolute() or Path(text).exists()):
+        return text  # a hub id
+    resolved = Path(text).resolve()
+    roots = [("${world_asset:%s}", WORLD_ASSETS)]
+    if cache_dir is not None:
+        roots.append(("${stages.cache_dir}/%s", Path(cache_dir)))
+    roots.append(("%s", Path.cwd()))
+    for form, root in roots:
+        try:
+            return form % resolved.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return text
+
+
+def portable_config(cfg) -> str:
+    """The resolved config as YAML with every absolute path made :func:`portable` (``config.yaml``); the
+    cache directory itself stays as it was set (relative to the working directory by default)."""
+    cache_dir = cfg.stages.cache_dir
+
+    def walk(value, at: str = ""):
+        if isinstance(value, dict):
+            return {k: walk(v, f"{at}.{k}".lstrip(".")) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, at) for v in value]
+        if isinstance(value, str) and value.startswith("/") and at != "stages.cache_dir":
+            return portable(value, cache_dir)
+        return value
+
+    return OmegaConf.to_yaml(OmegaConf.create(walk(OmegaConf.to_container(cfg, resolve=True))))
+
+
+@dataclass
+class CompareRootConfig:
+    compare: CompareConfig = MISSING
+
+
+def _compose(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
+
+
+def compose_train_config(overrides: list[str]):
+    """The ``zoo train`` config for ``overrides``, composed without starting a Hydra run (``zoo label``)."""
+    return _compose("train", overrides)
+
+
+def compose_compare_config(overrides: list[str]):
+    """``zoo compare``'s plan for its own overrides (``compare=frontier``, ``compare.seeds=[0]`` ...)."""
+    return _compose("compare", overrides).compare
 
 
 def register_configs() -> None:
@@ -202,5 +272,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     # One typed root: every group file merges into a typed node, so unknown keys fail at compose time.
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="compare_schema", node=CompareRootConfig)
+    cs.store(group="algo", name="ppo_schema", node=PPOAlgoConfig)  # named first by algo/ppo.yaml's defaults
+    cs.store(group="algo", name="online_schema", node=OnlineAlgoConfig)  # and by algo/online_dpo.yaml's
     if not OmegaConf.has_resolver("world_asset"):
         OmegaConf.register_new_resolver("world_asset", lambda name: str(WORLD_ASSETS / name))

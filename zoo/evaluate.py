@@ -17,13 +17,30 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig
 
-from zoo.data.collate import DemonstrationCollator
-from zoo.models import Reference, sequence_logps
+from zoo.data.collate import DemonstrationCollator, PairCollator
+from zoo.data.load import tokenize_rows
+from zoo.models import Reference, sequence_logps, sequence_scores
 from zoo.rollout import Samples, sample
+
+
+class TaskMetrics(Protocol):
+    """What a task measures samples by beyond the models themselves (``data.metrics``; the world's is
+    ``zoo.world.metrics.WorldMetrics``): a gold reward, a fluency check and a judge for the judge win rate."""
+
+    def gold_reward(self, texts: list[str]) -> list[float]:
+        ...
+
+    def fluency(self, prompts: list[str], completions: list[str]) -> list[bool]:
+        ...
+
+    def judge(self):  # an LMJudge-like object with ``judge(prompts, first, second) -> Judgement``
+        ...
 
 
 def normal_ci_over_prompts(values: list[float]) -> dict[str, float]:
@@ -63,10 +80,10 @@ def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int
 
 
 def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tokens: int, temperature: float,
-             batch_size: int, seed: int, reward_fn: Callable[[list[str]], list[float]] | None,
-             fluency_fn: Callable[[list[str]], list[bool]] | None = None,
+             batch_size: int, seed: int, task: TaskMetrics | None = None,
              reference_samples: Samples | None = None, judge=None) -> tuple[dict, list[dict]]:
-    """Metrics and per-prompt sample rows for ``policy`` vs ``reference`` on ``prompts``."""
+    """Metrics and per-prompt sample rows for ``policy`` vs ``reference`` on ``prompts``; gold reward, win
+    rate and fluency with ``task``'s metrics, the judge win rate with ``judge``."""
     pad = tokenizer.pad_token_id
     policy_samples = sample(policy, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
                             desc="eval: policy samples")
@@ -88,8 +105,8 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
         "num_eval_prompts": len(prompts),
     }
     policy_rewards = ref_rewards = None
-    if reward_fn is not None:
-        policy_rewards, ref_rewards = reward_fn(policy_samples.texts), reward_fn(reference_samples.texts)
+    if task is not None:
+        policy_rewards, ref_rewards = task.gold_reward(policy_samples.texts), task.gold_reward(reference_samples.texts)
         metrics["gold_reward"] = normal_ci_over_prompts(policy_rewards)
         metrics["ref_gold_reward"] = normal_ci_over_prompts(ref_rewards)
         metrics["win_rate_vs_ref"] = win_rate(policy_rewards, ref_rewards)
@@ -98,9 +115,9 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
         judged = judge.judge(prompts, policy_samples.texts, reference_samples.texts)
         metrics["judge_win_rate_vs_ref"] = win_rate(judged.prob_first, [0.5] * len(prompts))
         metrics["judge_position_bias"] = judged.position_bias
-    if fluency_fn is not None:  # the world's grammar check reads prompt + completion (string prompts)
+    if task is not None:  # the task's own check (the world's grammar reads prompt + completion)
         for key, texts in (("fluency", policy_samples.texts), ("ref_fluency", reference_samples.texts)):
-            metrics[key] = sum(fluency_fn([p + c for p, c in zip(prompts, texts)])) / len(prompts)
+            metrics[key] = sum(task.fluency(prompts, texts)) / len(prompts)
     else:  # no grammar to check: mean per-token log-likelihood of the policy's samples under the reference
         metrics["fluency"] = (ref_logps.sum() / lengths.sum().clamp(min=1)).item()
 
@@ -139,10 +156,6 @@ def evaluate_reward_model(model, tokenizer, pairs: list[dict], max_length: int |
     """Held-out pairwise accuracy of a reward model vs the raters' labels and vs gold, and rank
     correlation of its scores with gold. ``pairs`` are validated rows (with ``chosen_gold`` /
     ``rejected_gold`` when the data has gold); pairs whose prompt fills ``max_length`` are left out."""
-    from zoo.data.collate import PairCollator
-    from zoo.data.load import tokenize_rows
-    from zoo.models import sequence_scores
-
     tokens, _ = tokenize_rows(pairs, "pairs", tokenizer, source, max_length, skip_bad_rows=True)
     pairs = [pairs[t["row"]] for t in tokens]  # keep rows and scores aligned if any pair was skipped
     collator = PairCollator(tokenizer.pad_token_id, max_length)
@@ -168,3 +181,21 @@ def evaluate_reward_model(model, tokenizer, pairs: list[dict], max_length: int |
         for row, p in zip(rows, pairs):
             row.update(chosen_gold=p["chosen_gold"], rejected_gold=p["rejected_gold"])
     return metrics, rows
+
+
+def evaluate_policy_run(cfg: DictConfig, policy, reference: Reference, tokenizer, prompts: list,
+                        task: TaskMetrics | None) -> tuple[dict, list[dict]]:
+    """A run's policy evaluation (``eval.*``): with task metrics, gold reward, win rate, fluency and the
+    task's judge; without, an LM judge given as feedback also measures the win rate
+    (``eval.judge_with_feedback``)."""
+    judge = task.judge() if task is not None else None
+    if judge is None and cfg.eval.judge_with_feedback and hasattr(get_object(cfg.feedback.source._target_), "judge"):
+        judge = instantiate(cfg.feedback.source)
+    return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
+                    cfg.eval.batch_size, seed=10_000 + cfg.seed, task=task, judge=judge)
+
+
+def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list, task: TaskMetrics | None
+                        ) -> tuple[dict, list[dict]]:
+    """A reward-model run's evaluation: held-out pairwise accuracy (vs labels and gold) and rank correlation."""
+    return evaluate_reward_model(model, tokenizer, pairs, cfg.data.max_length, cfg.eval.batch_size)

@@ -18,9 +18,8 @@ import json
 import shutil
 from pathlib import Path
 
-from zoo import stages
 from zoo.config import compose_train_config
-from zoo.data.schema import DataError
+from zoo.stages import prepare
 
 
 def label(overrides: list[str], input_path: str | None = None, out: str | None = None) -> tuple[Path, dict]:
@@ -28,21 +27,16 @@ def label(overrides: list[str], input_path: str | None = None, out: str | None =
     (the labelled pairs file, what the label stage measured)."""
     cfg = compose_train_config(overrides)
     if input_path is None:
-        if not cfg.data.prompts_path:
-            raise DataError(f"data={cfg.data.name} has no prompts to sample pairs for: pass --input FILE")
-        reference = stages.sft_stage(cfg, Path(cfg.data.demonstrations_path)) if cfg.data.sft_stage \
-            else Path(cfg.model.name_or_path)
-        pairs = stages.samples_stage(cfg, Path(reference), Path(cfg.data.prompts_path))
+        labelled = prepare(cfg, ["samples", "labels"]).labels
     else:
-        pairs = Path(input_path)
-        if not pairs.is_file():
+        if not Path(input_path).is_file():
             raise FileNotFoundError(f"--input {input_path}: no such file")
-    labelled = stages.label_stage(cfg, pairs)
-    info = json.loads((labelled.parent / "stage.json").read_text())
+        labelled = prepare(cfg, ["labels"], unlabelled=Path(input_path)).labels
+    info = labelled.info
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(labelled, out)
-    return Path(out) if out else labelled, info
+        shutil.copyfile(labelled.path, out)
+    return Path(out) if out else labelled.path, info
 
 
 def main(argv: list[str]) -> None:

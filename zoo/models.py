@@ -341,7 +341,3 @@ def policy_value_outputs(model: nn.Module, batch: dict):
         policy=SequenceLogps(token_logps=logps * mask, completion_mask=mask), values=values * mask,
         old_logps=batch["old_logps"], old_values=batch["old_values"], ref_logps=batch["ref_logps"],
         advantages=batch["advantages"], returns=batch["returns"], kl_coef=batch["kl_coef"])
-
-
-# What each loss's ``model_output`` declaration asks the trainer to compute.
-MODEL_OUTPUTS = {"logps": sequence_logps, "scores": sequence_scores, "policy_values": policy_value_outputs}

@@ -17,12 +17,14 @@ reference are the offline ones, handled by ``fit`` unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from zoo.data.batches import StepBatches, process_seed
 from zoo.data.collate import PairCollator
-from zoo.feedback.gold import Labels
+from zoo.feedback.base import Labeler, Labels
 from zoo.rollout import Samples, sample
-from zoo.trainer import StepBatches
 
 
 class OnlinePairs:
@@ -64,9 +66,9 @@ class OnlinePairs:
 
     steps_per_refresh = 1  # every micro-batch is sampled fresh: any step is a checkpoint boundary
 
-    def __init__(self, policy: torch.nn.Module, labeler, tokenizer, prompts: list, batch_size: int,
+    def __init__(self, policy: torch.nn.Module, labeler: Labeler, tokenizer, prompts: list, batch_size: int,
                  grad_accum_steps: int, seed: int, max_new_tokens: int, temperature: float = 1.0,
-                 max_length: int | None = None):
+                 max_length: int | None = None, gold_fn: Callable[[list[str]], list[float]] | None = None):
         if batch_size < 1:
             raise ValueError(f"trainer.batch_size must be >= 1, got {batch_size}")
         if batch_size > len(prompts):
@@ -76,7 +78,7 @@ class OnlinePairs:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.policy, self.labeler, self.tokenizer, self.prompts = policy, labeler, tokenizer, prompts
         self.batch_size, self.grad_accum, self.seed, self.process_seed = batch_size, grad_accum_steps, seed, seed
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.max_new_tokens, self.temperature, self.gold_fn = max_new_tokens, temperature, gold_fn
         self.collator = PairCollator(tokenizer.pad_token_id, max_length)
 
     def sample_seed(self, index: int, which: int) -> int:
@@ -92,7 +94,7 @@ class OnlinePairs:
         processes = accelerator.num_processes
         if start % processes or end % processes:
             raise ValueError(f"micro-batches {start}..{end} do not split evenly over {processes} processes")
-        self.process_seed = self.seed + 7919 * accelerator.process_index  # = seed on a single process
+        self.process_seed = process_seed(self.seed, accelerator)
         return self._generate(accelerator.device, start // processes, (end - start) // processes)
 
     def _generate(self, device, first: int, count: int):
@@ -122,7 +124,8 @@ class OnlinePairs:
             # both samples tokenized the prompt the same way (tokenize_prompt), so it is shared
             rows.append({"prompt_ids": first.prompt_ids[i], "chosen_ids": chosen, "rejected_ids": rejected})
         batch = {k: v.to(device) for k, v in self.collator(rows).items()}  # (2B, T) each
-        batch["metrics"] = self.metrics(rows, first, second, labels)
+        gold = (self.gold_fn(first.texts), self.gold_fn(second.texts)) if self.gold_fn else None
+        batch["metrics"] = self.metrics(rows, first, second, labels, gold)
         return batch
 
     def _sample(self, prompts: list, seed: int) -> Samples:
@@ -132,11 +135,13 @@ class OnlinePairs:
                       batch_size=len(prompts), seed=seed)
 
     @staticmethod
-    def metrics(rows: list[dict], first: Samples, second: Samples, labels: Labels) -> dict[str, float]:
+    def metrics(rows: list[dict], first: Samples, second: Samples, labels: Labels,
+                gold: tuple[list[float], list[float]] | None = None) -> dict[str, float]:
         """Per-micro-batch means: the labeler's confidence, identical pairs, lengths (completion tokens,
-        EOS included), EOS rate; when the labels carry gold rewards, the gold margin chosen - rejected and
-        the label noise (how often the labeler picked the lower-gold completion of a non-tied pair); a
-        judge's position bias when it reports one."""
+        EOS included), EOS rate; with ``gold`` (the task's gold rewards of the first and the second
+        completions: ``gold_fn``, the world's), the gold margin chosen - rejected and the label noise (how
+        often the labeler picked the lower-gold completion of a non-tied pair); a judge's position bias
+        when it reports one."""
         n = len(rows)
         metrics = {
             "online/label_confidence": sum(max(p, 1.0 - p) for p in labels.probability) / n,
@@ -145,9 +150,8 @@ class OnlinePairs:
             "online/rejected_length": sum(len(r["rejected_ids"]) for r in rows) / n,
             "online/eos_rate": (sum(first.ended) + sum(second.ended)) / (2 * n),
         }
-        if labels.reward_first is not None and labels.reward_second is not None:
-            margins = [(r1 - r2) if wins else (r2 - r1)
-                       for wins, r1, r2 in zip(labels.first_wins, labels.reward_first, labels.reward_second)]
+        if gold is not None:
+            margins = [(r1 - r2) if wins else (r2 - r1) for wins, r1, r2 in zip(labels.first_wins, *gold)]
             metrics["online/gold_margin"] = sum(margins) / n
             decided = [m for m in margins if m != 0]
             if decided:  # absent rather than NaN when gold ties every pair

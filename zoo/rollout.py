@@ -16,11 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from zoo.config import RolloutConfig
+from zoo.data.batches import StepBatches, process_seed
 from zoo.data.collate import DemonstrationCollator
-from zoo.data.tokenize import tokenize_completion, tokenize_prompt
+from zoo.data.tokenize import tokenize_prompt
+from zoo.feedback.base import Scorer
 from zoo.losses.ppo_math import explained_variance
 from zoo.models import sequence_logps
-from zoo.trainer import StepBatches
 
 
 @dataclass
@@ -72,43 +73,6 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
 # ---------------------------------------------------------------------------------------------
 
 
-class RewardScorer:
-    """Scores (prompt, completion) texts with a scalar model, through its own tokenizer (feedback reads
-    text, not the policy's token ids). ``score_fn(input_ids, attention_mask) -> (N,)``; ``module`` is
-    what must sit on the scoring device (the RM, or only a head when the RM is an adapter of the policy)."""
-
-    def __init__(self, score_fn, module: torch.nn.Module, tokenizer, max_length: int | None, batch_size: int = 64):
-        self.score_fn, self.module, self.tokenizer = score_fn, module, tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
-
-    @torch.no_grad()
-    def __call__(self, prompts: list, completions: list[str], device) -> torch.Tensor:
-        # the RM was trained on prompt + completion + EOS (TRL's tokenization), so it is scored the same way
-        rows = [dict(zip(("prompt_ids", "completion_ids"), tokenize_completion(self.tokenizer, p, c)))
-                for p, c in zip(prompts, completions)]
-        collate = DemonstrationCollator(self.tokenizer.pad_token_id, self.max_length)
-        scores = []
-        for start in range(0, len(rows), self.batch_size):
-            batch = collate(rows[start:start + self.batch_size])
-            scores.append(self.score_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
-        return torch.cat(scores)
-
-
-class JudgeScorer:
-    """Direct RLAIF (d-RLAIF, Lee et al. 2023): a rollout's score is an LM judge's expected rating
-    E[s] = sum_s s P(s) of the response (``LMJudge.score``), read from the text; no reward model is
-    trained, so the reward cannot drift from the judge. ``module`` (the judge's LM) moves to the
-    rollout device like a reward model."""
-
-    def __init__(self, judge):
-        self.judge, self.module = judge, judge.model
-
-    @torch.no_grad()
-    def __call__(self, prompts: list, completions: list[str], device) -> torch.Tensor:
-        self.judge.device = torch.device(device)  # where ``Experience`` put the judge's model
-        return torch.tensor(self.judge.score(prompts, completions), device=device)  # (N,)
-
-
 class Experience:
     """PPO's batch source for ``fit``: per rollout batch,
 
@@ -122,7 +86,7 @@ class Experience:
     The KL controller and the RM-score normalisation live here and are checkpointed (``state_dict``).
     """
 
-    def __init__(self, loss_fn, policy, value, reference, scorer: RewardScorer, tokenizer, prompts: list,
+    def __init__(self, loss_fn, policy, value, reference, scorer: Scorer, tokenizer, prompts: list,
                  settings: RolloutConfig, batch_size: int, grad_accum_steps: int, seed: int,
                  max_length: int | None = None, gold_fn=None):
         self.loss_fn, self.policy, self.value, self.reference = loss_fn, policy, value, reference
@@ -132,7 +96,7 @@ class Experience:
         self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches
         if self.rollout_size > len(prompts):
             raise ValueError(f"a rollout batch needs {self.rollout_size} prompts (trainer.batch_size x "
-                             f"grad_accum_steps x algo.rollout.num_minibatches) but the data has {len(prompts)}")
+                             f"grad_accum_steps x rollout.num_minibatches) but the data has {len(prompts)}")
         self.steps_per_refresh = settings.ppo_epochs * settings.num_minibatches
         self.kl_controller = loss_fn.kl_controller()
         self.score_mean: float | None = None  # RM-score normalisation, fixed on the first rollout
@@ -161,7 +125,7 @@ class Experience:
         self.scorer.module.to(accelerator.device)
         self.reference.to(accelerator.device)  # fit moves it only for losses that declare needs_reference
         self.autocast = accelerator.autocast  # old log-probs / values in the same precision as the update
-        self.process_seed = self.seed + 7919 * accelerator.process_index  # = seed on a single process
+        self.process_seed = process_seed(self.seed, accelerator)
         return self._generate(accelerator.device, start // per_rollout, (end - start) // processes)
 
     def _generate(self, device, first_rollout: int, count: int):

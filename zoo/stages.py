@@ -1,18 +1,26 @@
-"""Pipeline stages a comparison shares, cached on disk by the config that produced them.
+"""Pipeline stages a comparison shares, cached on disk by the content that produced them.
+
+An algorithm's config declares the stages it consumes (``algo.stages``: ``reference``, ``samples``,
+``labels``, ``reward_model``); :func:`prepare` builds those and what they depend on, once, and returns
+typed results (:class:`Stage`: path, stage.json info, seconds spent). ``zoo train``, ``zoo compare``,
+``zoo label`` and best-of-N all start from it, so none builds a stage it does not read, and all compose
+the same key for the same inputs. Where the data config has no stage for an input (``data=local``), the
+input is the config's own path (``model.name_or_path``, ``data.path``) and nothing is built.
 
 - ``sft_stage``: SFT of the base model on the demonstrations -> the reference policy.
 - ``samples_stage``: two samples per prompt from the reference -> unlabelled pairs, shared by every
   feedback source;
 - ``label_stage``: those pairs (or any file of pairs, ``zoo label``) labelled by the feedback source
   (raters or a judge) -> a paired preference dataset (``prompt``, ``chosen``, ``rejected``,
-  ``confidence`` + gold rewards on the world) in JSONL; ``preference_stage`` is the two together.
+  ``confidence`` + gold rewards with task metrics) in JSONL;
 - ``reward_stage``: a Bradley-Terry reward model on those pairs (10% held out for its accuracy),
   initialised from the reference -> the frozen RM that PPO and RLAIF score rollouts with.
 
-A stage's cache key is a hash of everything it depends on (its inputs' keys, its config section,
-the data files' contents), so a sweep of many runs builds each stage once, and changing anything
-upstream rebuilds it. Stages are written to a temp directory and renamed into place under a file
-lock, so parallel runs (``hydra/launcher=joblib``) never see half a stage or build it twice.
+A stage's cache key is a hash of everything it depends on: the contents of its input files and model
+directories (never their paths, so a moved checkout or cache keeps its stages) and its config section.
+A sweep of many runs builds each stage once, and changing anything upstream rebuilds it. Stages are
+written to a temp directory and renamed into place under a file lock, so parallel runs
+(``hydra/launcher=joblib``) never see half a stage or build it twice.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -30,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import load_rows, read_rows, tokenize_rows
-from zoo.data.schema import validate_rows
+from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
@@ -38,9 +48,44 @@ from zoo.models import apply_lora, load_causal_lm, load_reward_model, load_token
 from zoo.rollout import sample
 from zoo.trainer import DatasetBatches, fit
 
+STAGE_NAMES = ("reference", "samples", "labels", "reward_model")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One prepared input of a run: ``path`` (a model directory or a JSONL file), ``info`` (the stage's
+    stage.json; empty when the config gave the path and nothing was built) and ``seconds`` (spent here:
+    building it, or finding and hashing it in the cache)."""
+
+    path: Path
+    info: dict
+    seconds: float
+
+    def feedback_metrics(self) -> dict:
+        """What a label stage measured about the feedback a run learned from (agreement with gold, label
+        noise, position bias, confidence), as ``feedback_*`` metrics; empty for any other input."""
+        if self.info.get("stage") != "labels":
+            return {}
+        keys = ("agreement_with_gold", "label_noise_rate", "position_bias", "mean_confidence")
+        return {"feedback_" + k: self.info[k] for k in keys if k in self.info}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The stages :func:`prepare` was asked for (and their dependencies); None where not asked."""
+
+    reference: Stage | None = None
+    samples: Stage | None = None
+    labels: Stage | None = None
+    reward_model: Stage | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in (self.reference, self.samples, self.labels, self.reward_model) if s)
+
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (or of every file under a directory)."""
+    """sha256 of a file's bytes (or of every file under a directory, with their names)."""
     path = Path(path)
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -50,10 +95,35 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def identity(name_or_path: str | Path) -> str:
+    """What a model or file is, for a cache key: the digest of its contents when it is on disk, else
+    its hub id (a location on this machine is never part of a key)."""
+    return file_digest(name_or_path) if Path(name_or_path).exists() else str(name_or_path)
+
+
 def cache_key(*parts) -> str:
     """A short stable hash of JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_identity(node) -> dict | None:
+    """A config section as a key part: resolved, without the ``cache_dir`` settings (where results are
+    cached does not change them), with the digest of any local ``model`` directory it names (a judge
+    retrained in place is new feedback)."""
+    if node is None:
+        return None
+    container = OmegaConf.to_container(node, resolve=True)
+
+    def strip(value):
+        if isinstance(value, dict):
+            out = {k: strip(v) for k, v in value.items() if not k.endswith("cache_dir")}
+            if isinstance(out.get("model"), str) and Path(out["model"]).is_dir():
+                out["model"] = file_digest(out["model"])
+            return out
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return strip(container)
 
 
 @contextmanager
@@ -83,6 +153,75 @@ def cached_stage(cache_dir: str, name: str, key: str, build) -> Path:
     return final
 
 
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def prepare(cfg: DictConfig, needs: Iterable[str], unlabelled: Path | None = None) -> Prepared:
+    """The stages named in ``needs`` (see ``STAGE_NAMES``) and those they depend on, each built once (or
+    found in the cache): reference <- samples <- labels <- reward_model.
+
+    - ``reference``: the SFT stage when ``data.sft_stage``, else ``model.reference_path`` or
+      ``model.name_or_path`` as given.
+    - ``samples``: two reference samples per prompt of ``data.prompts_path``.
+    - ``labels``: ``unlabelled`` (any file of pairs, ``zoo label --input``) or the samples, labelled by
+      ``cfg.feedback``. A data config without a preference stage has none (a run reads its pairs from
+      ``data.path``), unless ``samples`` is asked for too.
+    - ``reward_model``: ``algo.reward_model`` as given, else the reward stage on the labels.
+    """
+    needs = set(needs)
+    unknown = needs - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}: algo.stages takes {', '.join(STAGE_NAMES)}")
+    data, given_rm = cfg.data, cfg.algo.get("reward_model")
+    if "reward_model" in needs and not given_rm:
+        needs |= {"reference", "labels"}
+    if "labels" in needs and unlabelled is None and "samples" not in needs:
+        needs |= {"samples"} if data.preference_stage else set()
+    if "samples" in needs:
+        needs.add("reference")
+    reference = _timed(lambda: _reference(cfg)) if "reference" in needs else None
+    samples = labels = reward_model = None
+    if "samples" in needs:
+        if not data.prompts_path:
+            raise DataError(f"data={data.name} has no prompts to sample pairs for (data.prompts_path)")
+        samples = _timed(lambda: samples_stage(cfg, reference.path, Path(data.prompts_path)))
+    if "labels" in needs and (unlabelled is not None or samples is not None):
+        labels = _timed(lambda: label_stage(cfg, unlabelled if unlabelled is not None else samples.path))
+    if "reward_model" in needs:
+        if given_rm:
+            reward_model = _timed(lambda: given_rm)  # a cached stage's stage.json is read all the same
+        elif labels is None:
+            raise DataError(f"algo={cfg.algo.name} needs a reward model: set algo.reward_model=DIR (a trained reward "
+                            f"model, e.g. the model/ dir of an algo=reward run), or use data with a preference stage "
+                            f"(data=world)")
+        else:
+            reward_model = _timed(lambda: reward_stage(cfg, reference.path, labels.path))
+    return Prepared(reference, samples, labels, reward_model)
+
+
+def _timed(make) -> Stage:
+    """A stage's result with the seconds ``make`` took and the stage.json of a cached stage."""
+    started = time.perf_counter()
+    path = Path(make())
+    info_file = path.parent / "stage.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    return Stage(path, info, time.perf_counter() - started)
+
+
+def _reference(cfg: DictConfig) -> Path:
+    """The reference policy's weights: the SFT stage, or the model config's path (not built)."""
+    m = cfg.model
+    if not cfg.data.sft_stage:
+        return Path(m.reference_path or m.name_or_path)
+    if m.reference_path:
+        raise ValueError(f"model.reference_path={m.reference_path} and data={cfg.data.name}'s SFT stage both give the "
+                         f"reference; set one")
+    return sft_stage(cfg, Path(cfg.data.demonstrations_path))
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+
 def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn, tokens: list[dict], collator,
                   out: Path, desc: str) -> dict:
     """Train a stage's model with the stage's step count, lr and batch size; save it to ``out/model``."""
@@ -97,9 +236,8 @@ def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn,
 
 
 def sft_key(cfg: DictConfig, demonstrations: Path) -> str:
-    return cache_key("sft", cfg.model.name_or_path, file_digest(cfg.model.name_or_path) if Path(
-        cfg.model.name_or_path).is_dir() else None, file_digest(demonstrations), OmegaConf.to_container(
-        cfg.stages.sft), cfg.data.max_length)
+    return cache_key("sft", identity(cfg.model.name_or_path), file_digest(demonstrations),
+                     OmegaConf.to_container(cfg.stages.sft), cfg.data.max_length)
 
 
 def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
@@ -123,8 +261,7 @@ def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> 
     """The cached unlabelled pairs: two samples per prompt from the reference (``prompt``, ``first``,
     ``second``). Every feedback source labels the same pairs, so raters and judge are compared on equal terms."""
     stage = cfg.stages.preferences
-    key = cache_key("samples", str(reference_path), file_digest(reference_path), file_digest(prompts_file),
-                    OmegaConf.to_container(stage))
+    key = cache_key("samples", identity(reference_path), file_digest(prompts_file), OmegaConf.to_container(stage))
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(str(reference_path))
@@ -158,27 +295,18 @@ def read_unlabelled(path: Path) -> list[dict]:
     return [{"prompt": r["prompt"], "first": r["chosen"], "second": r["rejected"]} for r in checked]
 
 
-def _feedback_digest(cfg: DictConfig) -> dict:
-    """The feedback config plus a digest of any local model it reads (a judge retrained in place is new feedback)."""
-    source = OmegaConf.to_container(cfg.feedback, resolve=True)
-    model = source.get("source", {}).get("model")
-    if model and Path(model).is_dir():
-        source["model_digest"] = file_digest(model)
-    source.get("source", {}).pop("cache_dir", None)  # where judgements are cached does not change them
-    return source
-
-
 def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
     """The cached paired preference dataset: ``pairs_path`` labelled by ``cfg.feedback``.
 
     Rows: ``prompt``, ``chosen``, ``rejected``, ``confidence`` (the feedback source's P(chosen > rejected))
     and, on the world, ``chosen_gold`` / ``rejected_gold``. Pairs with two identical responses carry no
     preference and are dropped, and so are pairs labelled with a confidence below
-    ``feedback.min_confidence`` (the source abstains where it is unsure, as AI labelers are often run). On the world, ``stage.json`` records how often the labels agree with gold
-    (the label-noise rate is its complement) and, for a judge, its position bias.
+    ``feedback.min_confidence`` (the source abstains where it is unsure, as AI labelers are often run).
+    With task metrics (``data.metrics``: the world's gold reward), rows carry ``chosen_gold`` /
+    ``rejected_gold`` and ``stage.json`` records how often the labels agree with gold (the label-noise rate
+    is its complement); for a judge, its position bias.
     """
-    world = bool(cfg.data.world_metrics)
-    key = cache_key("labels", file_digest(pairs_path), _feedback_digest(cfg), world)
+    key = cache_key("labels", file_digest(pairs_path), config_identity(cfg.feedback), config_identity(cfg.data.metrics))
 
     min_confidence = cfg.feedback.min_confidence
     if not 0.0 <= min_confidence < 1.0:
@@ -187,14 +315,17 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
     def build(out: Path) -> dict:
         pairs = read_unlabelled(pairs_path)
         labeler = instantiate(cfg.feedback.source)
-        prompts = [r["prompt"] for r in pairs]
-        labels = labeler.label(prompts, [r["first"] for r in pairs], [r["second"] for r in pairs])
+        task = instantiate(cfg.data.metrics) if cfg.data.metrics is not None else None
+        prompts, first, second = [r["prompt"] for r in pairs], [r["first"] for r in pairs], [r["second"] for r in pairs]
+        labels = labeler.label(prompts, first, second)
+        gold_first, gold_second = (task.gold_reward(first), task.gold_reward(second)) if task else (None, None)
         rows, disagree, decided, identical, abstained = [], 0, 0, 0, 0
         for i, pair in enumerate(pairs):
             if pair["first"] == pair["second"]:
                 identical += 1  # no preference to learn from two identical completions
                 continue
-            a, b, ra, rb = pair["first"], pair["second"], labels.reward_first[i], labels.reward_second[i]
+            a, b = pair["first"], pair["second"]
+            ra, rb = (gold_first[i], gold_second[i]) if task else (None, None)
             p = labels.probability[i]
             if not labels.first_wins[i]:
                 a, b, ra, rb, p = b, a, rb, ra, 1.0 - p
@@ -202,7 +333,7 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
                 abstained += 1
                 continue
             row = {"prompt": pair["prompt"], "chosen": a, "rejected": b, "confidence": p}
-            if world:
+            if task:
                 row.update(chosen_gold=ra, rejected_gold=rb)
                 if ra != rb:
                     decided += 1
@@ -219,7 +350,7 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
             info["position_bias"] = labels.position_bias
         message = (f"[zoo] label stage ({cfg.feedback.name}): {len(rows)} pairs kept, {identical} identical and "
                    f"{abstained} below confidence {min_confidence} dropped")
-        if world:
+        if task:
             noise = disagree / decided if decided else float("nan")
             info.update(label_noise_rate=noise, agreement_with_gold=1.0 - noise, gold_ties=len(rows) - decided)
             message += f", agreement with gold {1 - noise:.3f} ({decided - disagree}/{decided} decided pairs)"
@@ -231,12 +362,6 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
     return cached_stage(cfg.stages.cache_dir, "labels", key, build) / "pairs.jsonl"
 
 
-def preference_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
-    """The cached paired preference dataset: reference samples (``samples_stage``) labelled by
-    ``cfg.feedback`` (``label_stage``)."""
-    return label_stage(cfg, samples_stage(cfg, reference_path, prompts_file))
-
-
 def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Path:
     """The cached Bradley-Terry reward model trained on ``pairs_path``, initialised from the reference.
 
@@ -245,8 +370,8 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Pat
     """
     stage = cfg.stages.reward
     lora = OmegaConf.to_container(cfg.peft) if cfg.peft.enabled else None
-    key = cache_key("reward", str(reference_path), file_digest(reference_path), file_digest(pairs_path),
-                    OmegaConf.to_container(stage), cfg.data.max_length, *([lora] if lora else []))
+    key = cache_key("reward", identity(reference_path), file_digest(pairs_path), OmegaConf.to_container(stage),
+                    cfg.data.max_length, *([lora] if lora else []))
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(str(reference_path))

@@ -2,7 +2,7 @@
 
 The loop only knows the loss's declarations (``batch_kind``, ``needs_reference``, ``model_output``);
 it never looks at an algorithm's name. Batches come from a batch source: a dataset
-(:class:`DatasetBatches`, offline losses) or an online source that samples from the model being
+(``zoo.data.batches.DatasetBatches``, offline losses) or an online source that samples from the model being
 trained (``zoo.rollout.Experience``, PPO). Per optimizer step:
 
     batch (collated for loss.batch_kind, or a rollout minibatch)
@@ -27,7 +27,6 @@ the newest one.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections import defaultdict
@@ -37,47 +36,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zoo.builders import MODEL_KINDS
 from zoo.config import TrainerConfig
+from zoo.data.batches import BatchSource, DatasetBatches, StepBatches  # noqa: F401 - fit's sources, for its callers
 from zoo.losses.base import Loss
-from zoo.models import MODEL_OUTPUTS, Reference
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Index batches for steps ``start..end`` of an endless seeded shuffle, so a resumed run sees the
-    same data in the same order as an uninterrupted one (epoch e uses permutation seed + e)."""
-
-    def __init__(self, num_rows: int, batch_size: int, seed: int, start_batch: int, end_batch: int):
-        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
-        self.start_batch, self.end_batch = start_batch, end_batch
-
-    def __len__(self) -> int:
-        return max(0, self.end_batch - self.start_batch)
-
-    def __iter__(self):
-        per_epoch = max(1, self.num_rows // self.batch_size)  # drop the ragged tail: fixed batch shape
-        for b in range(self.start_batch, self.end_batch):
-            epoch, k = divmod(b, per_epoch)
-            order = list(range(self.num_rows))
-            random.Random(self.seed + epoch).shuffle(order)
-            chunk = order[k * self.batch_size:(k + 1) * self.batch_size]
-            yield chunk if len(chunk) == self.batch_size else (chunk + order)[: self.batch_size]
-
-
-class DatasetBatches:
-    """Batches of a fixed dataset: ``rows`` collated ``batch_size`` at a time in a seeded order."""
-
-    steps_per_refresh = 1  # any step is a valid checkpoint
-
-    def __init__(self, rows: list[dict], collator, batch_size: int, seed: int = 0):
-        self.rows, self.collator, self.batch_size, self.seed = rows, collator, batch_size, seed
-
-    def batches(self, accelerator: Accelerator, model: torch.nn.Module, start: int, end: int):
-        """Micro-batches number ``start..end`` of the endless shuffle, on the accelerator's device."""
-        sampler = StepBatches(len(self.rows), self.batch_size, self.seed, start, end)
-        return accelerator.prepare(DataLoader(self.rows, batch_sampler=sampler, collate_fn=self.collator))
+from zoo.models import Reference
 
 
 @dataclass
@@ -155,7 +120,7 @@ class _Training:
     params: list[torch.nn.Parameter]
 
 
-def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source, reference: Reference | None, seed: int
+def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, reference: Reference | None, seed: int
              ) -> _Training:
     """The accelerator (windows are always whole and drawn ahead of their forwards, so the step must not
     follow the data loader's end), AdamW and its schedule (linear warm-up then constant, the DPO paper's),
@@ -190,7 +155,7 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
                 window_tokens: torch.Tensor | None, micro: int, step: int) -> dict[str, float]:
     """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
     window, the clipped update; returns the micro-batch's metrics, gathered over processes."""
-    forward = MODEL_OUTPUTS[loss_fn.model_output]
+    forward = MODEL_KINDS[loss_fn.model_output].forward
     with t.accelerator.accumulate(t.policy):
         policy_out = forward(t.policy, batch)
         reference_out = None
@@ -210,14 +175,12 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
     return {**_gathered_means(t.accelerator, {"loss": loss.detach(), **out.metrics}), **batch.get("metrics", {})}
 
 
-def fit(policy: torch.nn.Module, loss_fn: Loss, source, cfg: TrainerConfig, run_dir: str | Path,
+def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: TrainerConfig, run_dir: str | Path,
         seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
 
-    ``source`` is a :class:`DatasetBatches` or an online source with the same two members:
-    ``batches(accelerator, model, start, end)`` (micro-batches ``start..end``, resumable) and
-    ``steps_per_refresh`` (checkpoints fall on multiples of it: an online source cannot rebuild a
-    half-used rollout batch). A source with ``state_dict`` is checkpointed with the model.
+    ``source`` is a :class:`~zoo.data.batches.BatchSource`: a dataset (``DatasetBatches``) or an online
+    source; its micro-batches are asked for by number, so a resumed run continues where it stopped.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Collators: tokenized rows -> right-padded tensors with a completion mask.
+"""Batch kinds: what each ``batch_kind`` a loss declares reads, how it is tokenized and collated
+(:data:`BATCH_KINDS`, one entry per kind), and the collators: tokenized rows -> right-padded tensors.
 
 Every batch kind produces the same three tensors, so the trainer computes log-probabilities one way:
 ``input_ids`` (N, T), ``attention_mask`` (N, T), ``completion_mask`` (N, T). Paired batches stack
@@ -9,9 +10,12 @@ sequences are truncated keeping the start (TRL's default ``truncation_mode="keep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from zoo.data.tokenize import tokenize_completion, tokenize_pair, tokenize_prompt
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -79,4 +83,40 @@ class UnpairedCollator:
         return batch
 
 
-COLLATORS = {"demonstrations": DemonstrationCollator, "pairs": PairCollator, "unpaired": UnpairedCollator}
+def _pair_ids(tokenizer, row: dict, prepend_bos: bool) -> dict:
+    prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"],
+                                                          prepend_bos)
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+
+
+def _completion_ids(tokenizer, row: dict, prepend_bos: bool) -> dict:
+    prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"], prepend_bos)
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids}
+
+
+def _labelled_ids(tokenizer, row: dict, prepend_bos: bool) -> dict:
+    return {**_completion_ids(tokenizer, row, prepend_bos), "label": row["label"]}
+
+
+def _prompt_ids(tokenizer, row: dict, prepend_bos: bool) -> dict:
+    return {"prompt_ids": tokenize_prompt(tokenizer, row["prompt"])}  # generation prompts: as sampling sees them
+
+
+@dataclass(frozen=True)
+class BatchKind:
+    """One ``batch_kind``: the row fields its schema requires (``zoo.data.schema``), ``tokenize(tokenizer,
+    row, prepend_bos)`` -> the row's token ids (``prompt_ids`` first), and its collator class (None for
+    prompts: an online source samples the completions and collates them itself)."""
+
+    fields: tuple[str, ...]
+    tokenize: Callable[..., dict]
+    collator: type | None
+
+
+BATCH_KINDS = {
+    "pairs": BatchKind(("prompt", "chosen", "rejected"), _pair_ids, PairCollator),
+    "demonstrations": BatchKind(("prompt", "completion"), _completion_ids, DemonstrationCollator),
+    "unpaired": BatchKind(("prompt", "completion", "label"), _labelled_ids, UnpairedCollator),
+    "prompts": BatchKind(("prompt",), _prompt_ids, None),
+}
+COLLATORS = {name: kind.collator for name, kind in BATCH_KINDS.items() if kind.collator}  # a view, for callers

@@ -18,7 +18,7 @@ from datasets.utils import are_progress_bars_disabled, disable_progress_bars, en
 from trl.data_utils import extract_prompt, unpair_preference_dataset
 
 from zoo.data.schema import DataError, validate_row, validate_rows
-from zoo.data.tokenize import tokenize_completion, tokenize_pair, tokenize_prompt
+from zoo.data.collate import BATCH_KINDS
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -121,19 +121,10 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
     that fills ``max_length`` leaves nothing to learn and is an error (or skipped and counted).
     ``prepend_bos``: the loss's declaration (``zoo.data.tokenize``)."""
     out, skipped = [], 0
+    tokenize = BATCH_KINDS[kind].tokenize
     for i, row in enumerate(rows):
-        if kind == "pairs":
-            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"],
-                                                                  prepend_bos)
-            item = {"row": i, "prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
-        elif kind == "prompts":  # online losses: the completion is sampled during training
-            prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
-            item = {"row": i, "prompt_ids": prompt_ids}
-        else:  # demonstrations, and unpaired rows (the same plus their label)
-            prompt_ids, completion_ids = tokenize_completion(tokenizer, row["prompt"], row["completion"], prepend_bos)
-            item = {"row": i, "prompt_ids": prompt_ids, "completion_ids": completion_ids}
-            if kind == "unpaired":
-                item["label"] = row["label"]
+        item = {"row": i, **tokenize(tokenizer, row, prepend_bos)}
+        prompt_ids = item["prompt_ids"]
         if max_length is not None and len(prompt_ids) >= max_length:
             if skip_bad_rows:
                 skipped += 1

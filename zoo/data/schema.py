@@ -1,7 +1,7 @@
 """Validation of rows against the standard schemas, with errors that name file, row and field.
 
-Schemas (the column names TRL and the hub use; values are strings, or lists of
-``{"role", "content"}`` messages for conversational data):
+Schemas (the column names TRL and the hub use, ``BatchKind.fields`` in ``zoo.data.collate``; values are
+strings, or lists of ``{"role", "content"}`` messages for conversational data):
 
 - ``pairs``: prompt, chosen, rejected (an implicit prompt is split off by the loader first)
 - ``demonstrations``: prompt, completion
@@ -14,13 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "pairs": ("prompt", "chosen", "rejected"),
-    "demonstrations": ("prompt", "completion"),
-    "prompts": ("prompt",),
-    "unpaired": ("prompt", "completion", "label"),
-}
-
+from zoo.data.collate import BATCH_KINDS
 
 class DataError(ValueError):
     """A dataset row does not fit the schema; the message names the source, row and field."""
@@ -51,11 +45,12 @@ def _field_problem(value: Any, field: str) -> str | None:
 def validate_row(row: Any, index: int, kind: str, source: str) -> None:
     """Raise DataError naming ``source``, ``index`` and the field if ``row`` breaks the ``kind`` schema."""
     where = f"{source}: row {index}"
+    fields = BATCH_KINDS[kind].fields
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with fields {REQUIRED_FIELDS[kind]}, got {type(row).__name__}")
-    for field in REQUIRED_FIELDS[kind]:
+        raise DataError(f"{where}: expected an object with fields {fields}, got {type(row).__name__}")
+    for field in fields:
         if field not in row:
-            raise DataError(f"{where}: field '{field}' is missing (a {kind} row needs {', '.join(REQUIRED_FIELDS[kind])};"
+            raise DataError(f"{where}: field '{field}' is missing (a {kind} row needs {', '.join(fields)};"
                             f" it has {', '.join(sorted(row)) or 'no fields'})")
         problem = _field_problem(row[field], field)
         if problem:
@@ -64,8 +59,8 @@ def validate_row(row: Any, index: int, kind: str, source: str) -> None:
 
 def validate_rows(rows: list[dict], kind: str, source: str, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
     """Check every row; raise on the first bad one, or drop bad rows and count them if asked."""
-    if kind not in REQUIRED_FIELDS:
-        raise ValueError(f"unknown batch kind '{kind}', expected one of {sorted(REQUIRED_FIELDS)}")
+    if kind not in BATCH_KINDS:
+        raise ValueError(f"unknown batch kind '{kind}', expected one of {sorted(BATCH_KINDS)}")
     if not rows:
         raise DataError(f"{source}: the dataset is empty")
     good, skipped = [], 0

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.feedback.gold import Labels
+from zoo.feedback.base import Labels
 
 DEFAULT_PRINCIPLE = "Which continuation of the movie review is more positive?"
 # Delimiters around each response; a response may not contain them (see ``_neutralise``).
@@ -304,10 +304,6 @@ class LMJudge:
         return Judgement([(x + 1.0 - y) / 2 for x, y in zip(ab, ba)], ab, ba)
 
     def label(self, prompts: list, first: list[str], second: list[str]) -> Labels:
-        """Labels in the raters' format: the first response wins when the judge's P(first > second) > 1/2.
-        The world's gold rewards ride along when the world is importable (for agreement and noise rates)."""
+        """Labels in the raters' format: the first response wins when the judge's P(first > second) > 1/2."""
         judgement = self.judge(prompts, first, second)
-        from zoo.world.gold import gold_reward
-
-        return Labels([p > 0.5 for p in judgement.prob_first], judgement.prob_first, gold_reward(first),
-                      gold_reward(second), judgement.position_bias)
+        return Labels([p > 0.5 for p in judgement.prob_first], judgement.prob_first, judgement.position_bias)

@@ -4,11 +4,12 @@ A loss is a small, pure ``nn.Module``: tensors in, :class:`LossOutput` out. It d
 needs as class attributes, and the trainer reads those declarations instead of the algorithm's
 name:
 
-- ``batch_kind``: which collated batch it consumes (``"demonstrations"``, ``"pairs"``, ...; see
-  ``zoo.data.collate.COLLATORS``);
+- ``batch_kind``: which rows it consumes, tokenized and collated how (``"demonstrations"``, ``"pairs"``,
+  ``"unpaired"``; one entry each in ``zoo.data.collate.BATCH_KINDS``);
 - ``needs_reference``: whether the trainer must run the frozen reference policy on the batch;
-- ``model_output``: ``"logps"`` (a causal LM, completion log-probs) or ``"scores"`` (a scalar-head
-  reward model, one score per sequence);
+- ``model_output``: ``"logps"`` (a causal LM, completion log-probs), ``"scores"`` (a scalar-head
+  reward model, one score per sequence) or ``"policy_values"`` (PPO's policy and value model); one entry
+  each in ``zoo.builders.MODEL_KINDS``: the forward, the models a run builds and their evaluation;
 - ``prepend_bos``: whether every prompt starts with the tokenizer's BOS token even where the tokenizer
   does not add it by itself (TRL's ORPOTrainer does this; its DPO and KTO trainers do not).
 
@@ -21,7 +22,11 @@ asked, for the reference (without), and reduces a :class:`LossOutput` over a who
 - ``token_loss`` (one *sum* of per-token terms per example; SFT-style token means such as ORPO's NLL) by
   the window's total count of those tokens, which the trainer takes from :meth:`Loss.count_tokens` on
   every micro-batch of the window before the first backward. A token mean per micro-batch would weigh
-  a token of a short micro-batch more than one of a long micro-batch.
+  a token of a short micro-batch more than one of a long micro-batch;
+- ``batch_loss`` (one scalar the loss already reduced over its micro-batch: PPO's token means over each
+  minibatch, as TRL's PPO takes them) by a mean over the window's micro-batches.
+
+A loss gives its terms unscaled; only the trainer weights them.
 """
 
 from __future__ import annotations
@@ -67,24 +72,38 @@ class SequenceScores:
 
 @dataclass
 class LossOutput:
-    """What every loss returns: per-example losses, optional per-example token-loss sums, and detached
-    metrics with TRL's names."""
+    """What every loss returns: its terms, each with the weights the trainer reduces it by, and detached
+    metrics with TRL's names. A loss gives the terms it has, unscaled; the trainer does the weighting:
 
-    loss: torch.Tensor  # (B,) one loss per example; averaged over the window's examples
+    - ``loss`` (B,): one value per example, weight 1 / (the window's examples);
+    - ``token_loss`` (B,): per-example sums of per-token terms, weight 1 / (the window's tokens of them,
+      ``Loss.count_tokens``), so every token of the window counts the same (ORPO's NLL, as TRL's);
+    - ``batch_loss`` (scalar): a term the loss already reduced over this micro-batch, weight 1 / (the
+      window's micro-batches) (PPO's token means over each minibatch, as TRL's PPO takes them).
+    """
+
+    loss: torch.Tensor | None  # (B,) one loss per example; averaged over the window's examples
     metrics: dict[str, torch.Tensor]  # name -> (B,) or scalar tensor, averaged for logging
     token_loss: torch.Tensor | None = None  # (B,) sum of per-token losses; divided by the window's token count
     num_tokens: torch.Tensor | None = None  # scalar: this micro-batch's tokens of token_loss (count_tokens)
+    batch_loss: torch.Tensor | None = None  # scalar: this micro-batch's own reduction; averaged over micro-batches
 
     def objective(self, window_tokens: torch.Tensor | float | None = None, micro_batches: int = 1) -> torch.Tensor:
         """The scalar this micro-batch contributes, scaled so that averaging it over ``micro_batches``
         micro-batches (accelerate divides by the accumulation steps, DDP averages over processes) gives
-        mean(loss over the window's examples) + sum(token_loss over the window) / window_tokens.
-        Alone (the defaults) it is this batch's own objective."""
-        total = self.loss.mean()
+        mean(loss over the window's examples) + sum(token_loss over the window) / window_tokens
+        + mean(batch_loss over the window's micro-batches). Alone (the defaults) it is this batch's own."""
+        parts = []
+        if self.loss is not None:
+            parts.append(self.loss.mean())
         if self.token_loss is not None:
             tokens = self.num_tokens if window_tokens is None else window_tokens
-            total = total + self.token_loss.sum() * micro_batches / torch.as_tensor(tokens).clamp(min=1)
-        return total
+            parts.append(self.token_loss.sum() * micro_batches / torch.as_tensor(tokens).clamp(min=1))
+        if self.batch_loss is not None:
+            parts.append(self.batch_loss)
+        if not parts:
+            raise ValueError("a LossOutput needs at least one of loss, token_loss, batch_loss")
+        return sum(parts[1:], parts[0])
 
 
 class Loss(nn.Module):

@@ -24,7 +24,7 @@ https://arxiv.org/abs/2403.17031) and where each one lives:
 5. optional reward whitening (``whiten_rewards``) and RM-score normalisation to mean 0, std 1 on
    the initial policy's (= the SFT reference's) samples (``normalize_scores``; Huang et al. sec. 4.2).
 6. clipped policy loss, eps 0.2 (``clip_eps``), clipped value loss (``value_clip``).
-7. several PPO epochs over shuffled minibatches of each rollout batch (``algo.rollout``).
+7. several PPO epochs over shuffled minibatches of each rollout batch (``rollout``).
 8. a fixed score for responses that miss EOS (``missing_eos_penalty``, replacing the RM score).
 9. log-probs at the sampling temperature, for old, new and reference policies (``zoo.rollout``).
 10. a value model separate from the policy, initialised from the RM or the SFT model, with a
@@ -135,7 +135,6 @@ class PPOLoss(Loss):
             kl = ppo_math.masked_mean(ppo_math.kl_estimate(logps, out.ref_logps, "k3"), mask)
             loss = loss + out.kl_coef * kl
             metrics["policy/kl_loss"] = kl.detach()
-        # PPO's losses are token means over the whole minibatch (Huang et al.), not per-example means,
-        # so every example carries the minibatch value and the trainer's mean returns it unchanged.
-        n = mask.shape[0]
-        return LossOutput(loss=loss.expand(n), metrics=metrics)
+        # PPO's losses are token means over the whole minibatch (Huang et al.; TRL), not per-example means:
+        # a term already reduced over this micro-batch, which the trainer averages over the window's
+        return LossOutput(loss=None, metrics=metrics, batch_loss=loss)

@@ -1,4 +1,4 @@
-"""Simulated human raters for the embedded world: Bradley-Terry draws on gold-reward differences.
+"""Simulated human raters: Bradley-Terry draws on the differences of a gold reward (the world's VADER).
 
 A rater shown completions a and b of the same prompt prefers a with probability
 
@@ -8,7 +8,8 @@ A rater shown completions a and b of the same prompt prefers a with probability
 temperature is in gold-reward units (VADER compound in [-1, 1]): small differences are coin flips,
 large ones are nearly always judged right, so labels are noisy the way people's are. The label-noise
 rate (how often the raters disagree with gold on pairs gold does not tie) is measured by the
-preference stage and written next to the data.
+label stage and written next to the data. The gold reward is a constructor argument (the world's config
+passes ``zoo.world.gold.gold_reward``), so the raters work on any task that has one.
 """
 
 from __future__ import annotations
@@ -16,20 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from zoo.world.gold import gold_reward
-
-
-@dataclass
-class Labels:
-    """One label per pair: whether the first completion won, the rater's probability, and gold rewards."""
-
-    first_wins: list[bool]
-    probability: list[float]  # P(first > second) under the rater model
-    reward_first: list[float]
-    reward_second: list[float]
-    position_bias: float | None = None  # a judge's measured preference for the first-shown response
+from zoo.feedback.base import Labels
 
 
 def pair_uniform(seed: int, prompt, first: str, second: str) -> float:
@@ -42,20 +32,21 @@ def pair_uniform(seed: int, prompt, first: str, second: str) -> float:
 
 
 class SimulatedRaters:
-    """Noisy raters: Bradley-Terry draws with the given temperature from the world's gold reward.
+    """Noisy raters: Bradley-Terry draws with the given temperature from the gold ``reward(texts)``.
 
     Each pair's draw is seeded by (seed, prompt, first, second) (:func:`pair_uniform`), so labels are
     reproducible, independent across pairs and batches, and a pair keeps its label in any batch."""
 
-    def __init__(self, temperature: float = 0.1, seed: int = 0):
+    def __init__(self, reward: Callable[[list[str]], list[float]], temperature: float = 0.1, seed: int = 0):
         if temperature <= 0:
             raise ValueError(f"feedback.source.temperature must be > 0, got {temperature}")
+        self.reward = reward
         self.temperature = temperature
         self.seed = seed
 
     def label(self, prompts: list, first: list[str], second: list[str]) -> Labels:
         """Draw one preference per (prompt, first, second) triple, reproducibly for the seed."""
-        r1, r2 = gold_reward(first), gold_reward(second)
+        r1, r2 = self.reward(first), self.reward(second)
         probs = [1.0 / (1.0 + math.exp(-(a - b) / self.temperature)) for a, b in zip(r1, r2)]
         wins = [pair_uniform(self.seed, x, a, b) < p for x, a, b, p in zip(prompts, first, second, probs)]
-        return Labels(wins, probs, r1, r2)
+        return Labels(wins, probs)
