@@ -57,7 +57,7 @@ def test_instructions_inside_a_response_do_not_make_it_win():
 def test_label_stage_relabels_pairs_with_the_judge_and_caches(tmp_path, monkeypatch):
     cfg = compose_train_config(["feedback=judge", "experiment=smoke", f"stages.cache_dir={tmp_path / 'cache'}"])
     source = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    labelled = stages.label_stage(cfg, source)
+    labelled = stages.label_stage(cfg, source).path
     rows = [json.loads(line) for line in labelled.read_text().splitlines()]
     assert len(rows) == 2  # the identical pair is dropped
     # the judge overturns the file's (deliberately wrong) labels: the positive response is chosen
@@ -69,7 +69,7 @@ def test_label_stage_relabels_pairs_with_the_judge_and_caches(tmp_path, monkeypa
     from zoo.feedback import judge as judge_module
 
     monkeypatch.setattr(judge_module.LMJudge, "__init__", lambda *a, **k: pytest.fail("a cached label stage was rebuilt"))
-    assert stages.label_stage(cfg, source) == labelled
+    assert stages.label_stage(cfg, source).path == labelled
 
 
 def test_a_judge_can_abstain_below_a_confidence(tmp_path):
@@ -77,11 +77,11 @@ def test_a_judge_can_abstain_below_a_confidence(tmp_path):
     and counted; an impossible threshold is refused."""
     cache = f"stages.cache_dir={tmp_path / 'cache'}"
     source = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:2])
-    everything = stages.label_stage(compose_train_config(["feedback=judge", cache]), source)
+    everything = stages.label_stage(compose_train_config(["feedback=judge", cache]), source).path
     confidences = sorted(json.loads(line)["confidence"] for line in everything.read_text().splitlines())
     threshold = (confidences[0] + confidences[1]) / 2  # between the two pairs' confidences
     kept = stages.label_stage(compose_train_config(["feedback=judge", cache, f"feedback.min_confidence={threshold}"]),
-                              source)
+                              source).path
     assert [json.loads(line)["confidence"] for line in kept.read_text().splitlines()] == [confidences[1]]
     assert json.loads((kept.parent / "stage.json").read_text())["abstained"] == 1
     with pytest.raises(ValueError, match="min_confidence"):

@@ -48,21 +48,24 @@ def test_a_run_builds_only_the_stages_it_declares(cfg, tmp_path):
         stages.prepare(cfg, ["pairs"])
 
 
-def test_stage_keys_are_content_not_location(cfg, tmp_path):
-    """The same inputs at another path (a moved checkout or cache) give the same keys: nothing rebuilds."""
+def test_a_moved_cache_keeps_its_stages(cfg, tmp_path, monkeypatch):
+    """Keys hash contents, not paths: the same cache copied elsewhere (another checkout, another machine)
+    is found whole, the samples stage included, although the reference it samples from moved with it."""
     import shutil
 
-    reference = stages.prepare(cfg, ["reference"]).reference.path
-    moved = tmp_path / "moved" / "reference"
-    shutil.copytree(reference, moved)
-    prompts = Path(cfg.data.prompts_path)
-    assert stages.identity(moved) == stages.identity(reference) != stages.identity("org/model")
-    assert stages.cache_key("samples", stages.identity(moved), stages.file_digest(prompts)) == \
-        stages.cache_key("samples", stages.identity(reference), stages.file_digest(prompts))
+    first = stages.prepare(cfg, ["labels"])
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved)
+    cfg.stages.cache_dir = str(moved)
+    monkeypatch.setattr(stages, "fit", lambda *a, **k: pytest.fail("a moved stage was retrained"))
+    monkeypatch.setattr(stages, "sample", lambda *a, **k: pytest.fail("a moved stage was resampled"))
+    again = stages.prepare(cfg, ["labels"])
+    assert again.labels.path == moved / first.labels.path.relative_to(tmp_path)
+    assert again.reference.path == moved / first.reference.path.relative_to(tmp_path)
 
 
 def test_changing_a_stage_setting_changes_its_key(cfg):
     reference = stages.prepare(cfg, ["reference"]).reference.path
     cfg.stages.preferences.num_prompts = 12
-    other = stages.label_stage(cfg, stages.samples_stage(cfg, reference, Path(cfg.data.prompts_path)))
+    other = stages.label_stage(cfg, stages.samples_stage(cfg, reference, Path(cfg.data.prompts_path)).path).path
     assert len(other.read_text().splitlines()) <= 12

@@ -12,7 +12,7 @@ USAGE = """usage: zoo <command> [args]
 commands:
   train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
   compare [overrides]   the preset comparison (all algorithms x 3 seeds + best-of-N) and its report;
-                        experiment=frontier sweeps beta / KL coefficient per algorithm
+                        compare=frontier sweeps beta / KL coefficient per algorithm
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
@@ -45,7 +45,7 @@ def _train_main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from zoo.config import register_configs
+    from zoo.config import portable, register_configs
 
     register_configs()
 
@@ -55,10 +55,11 @@ def _train_main() -> None:
 
         _quiet_libraries()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        shown = portable(run_dir)  # relative to the working directory when inside it
         try:
             metrics = train(cfg, run_dir)
         except Exception as err:  # noqa: BLE001 - reported below, with the full traceback in metrics.json
-            print(_error(f"{type(err).__name__}: {err} (run dir: {run_dir}; traceback in metrics.json)"),
+            print(_error(f"{type(err).__name__}: {err} (run dir: {shown}; traceback in metrics.json)"),
                   file=sys.stderr)
             _failures.append(str(run_dir))
             if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -66,7 +67,7 @@ def _train_main() -> None:
             raise SystemExit(1)
         summary = {k: metrics[k] for k in ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "rm_accuracy_vs_labels",
                                                  "rm_accuracy_vs_gold", "rm_spearman_gold") if k in metrics}
-        print(f"[zoo] {cfg.algo.name} seed {cfg.seed} -> {run_dir}: " + ", ".join(
+        print(f"[zoo] {cfg.algo.name} seed {cfg.seed} -> {shown}: " + ", ".join(
             f"{k}={v['mean'] if isinstance(v, dict) else v:.3f}" for k, v in summary.items()))
         return metrics.get("win_rate_vs_ref")
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from zoo.config import portable
+
 POLL_SECONDS = 2.0
 # built once per feedback source before the runs, so parallel runs find them ready instead of queueing on the
 # cache's locks: the SFT reference, its pairs labelled by that source, the reward model trained on them
@@ -106,7 +108,7 @@ def sweep_command(sweep: list[str], seeds: list[int], passed: list[str], sweep_d
     sweep = [("+" + o) if o.startswith("arm=") else o for o in sweep]
     command = [sys.executable, "-m", "zoo.cli", "train", "-m", *passed, *sweep]
     if any(o.startswith("+arm=") for o in sweep):
-        command.append(f"hydra.searchpath=[file://{ARMS_DIR}]")
+        command.append(f"hydra.searchpath=[file://{portable(ARMS_DIR)}]")  # relative to the runs' cwd if inside
     if not any(o.split("=")[0].lstrip("+") == "seed" for o in sweep):
         command.append("seed=" + ",".join(str(s) for s in seeds))
     command.append(f"hydra.sweep.dir={sweep_dir}")
@@ -276,7 +278,7 @@ def main(argv: list[str]) -> int:
         for i, sweep in enumerate(sweeps):
             command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", launcher, plan.n_jobs)
             with open(logs / f"sweep{i}.log", "w") as log:
-                log.write("$ " + shlex.join(command) + "\n\n")
+                log.write("$ " + shlex.join(["python", *command[1:]]) + "\n\n")  # no machine's interpreter path
                 log.flush()
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
                 states = follow(process, out / "runs" / f"sweep{i}", bar, done)

@@ -229,7 +229,7 @@ def portable(path: str | Path, cache_dir: str | Path | None = None) -> str:
 
 def portable_config(cfg) -> str:
     """The resolved config as YAML with every absolute path made :func:`portable` (``config.yaml``); the
-    cache directory itself stays as it was set (relative to the working directory by default)."""
+    cache directory itself is relative to the working directory when inside it, else as it was set."""
     cache_dir = cfg.stages.cache_dir
 
     def walk(value, at: str = ""):
@@ -237,8 +237,8 @@ def portable_config(cfg) -> str:
             return {k: walk(v, f"{at}.{k}".lstrip(".")) for k, v in value.items()}
         if isinstance(value, list):
             return [walk(v, at) for v in value]
-        if isinstance(value, str) and value.startswith("/") and at != "stages.cache_dir":
-            return portable(value, cache_dir)
+        if isinstance(value, str) and value.startswith("/"):
+            return portable(value, None if at == "stages.cache_dir" else cache_dir)
         return value
 
     return OmegaConf.to_yaml(OmegaConf.create(walk(OmegaConf.to_container(cfg, resolve=True))))

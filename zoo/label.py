@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from zoo.config import compose_train_config
+from zoo.data.schema import DataError
 from zoo.stages import prepare
 
 
@@ -27,6 +28,8 @@ def label(overrides: list[str], input_path: str | None = None, out: str | None =
     (the labelled pairs file, what the label stage measured)."""
     cfg = compose_train_config(overrides)
     if input_path is None:
+        if not cfg.data.prompts_path:
+            raise DataError(f"data={cfg.data.name} has no prompts to sample pairs for: pass --input FILE")
         labelled = prepare(cfg, ["samples", "labels"]).labels
     else:
         if not Path(input_path).is_file():

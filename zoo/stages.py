@@ -53,9 +53,9 @@ STAGE_NAMES = ("reference", "samples", "labels", "reward_model")
 
 @dataclass(frozen=True)
 class Stage:
-    """One prepared input of a run: ``path`` (a model directory or a JSONL file), ``info`` (the stage's
-    stage.json; empty when the config gave the path and nothing was built) and ``seconds`` (spent here:
-    building it, or finding and hashing it in the cache)."""
+    """One prepared input of a run: ``path`` (a model directory or a JSONL file), ``info`` (what the stage
+    recorded in its stage.json; empty when the config gave the path and nothing was built) and ``seconds``
+    (spent here: building it, or finding it in the cache)."""
 
     path: Path
     info: dict
@@ -134,23 +134,25 @@ def _locked(path: Path):
         yield
 
 
-def cached_stage(cache_dir: str, name: str, key: str, build) -> Path:
-    """Return ``cache_dir/name-key``, calling ``build(tmp_dir)`` first if it does not exist yet."""
+def cached_stage(cache_dir: str, name: str, key: str, build, output: str) -> Stage:
+    """The stage ``cache_dir/name-key``, calling ``build(tmp_dir) -> info`` first if it does not exist yet;
+    its ``output`` (a file or directory in it) is the stage's path, its ``stage.json`` its info."""
+    started = time.perf_counter()
     final = Path(cache_dir) / f"{name}-{key}"
     with _locked(final):
-        if (final / "stage.json").exists():
-            return final
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        started = time.perf_counter()
-        info = build(tmp) or {}
-        info.update(stage=name, key=key, build_seconds=round(time.perf_counter() - started, 2))
-        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        print(f"[zoo] built stage {name} in {info['build_seconds']} s -> {final}")
-    return final
+        if not (final / "stage.json").exists():
+            tmp = final.with_name(final.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build_started = time.perf_counter()
+            info = build(tmp) or {}
+            info.update(stage=name, key=key, build_seconds=round(time.perf_counter() - build_started, 2))
+            (tmp / "stage.json").write_text(json.dumps(info, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            print(f"[zoo] built stage {name} in {info['build_seconds']} s -> {final}")
+        info = json.loads((final / "stage.json").read_text())
+    return Stage(final / output, info, time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -179,40 +181,31 @@ def prepare(cfg: DictConfig, needs: Iterable[str], unlabelled: Path | None = Non
         needs |= {"samples"} if data.preference_stage else set()
     if "samples" in needs:
         needs.add("reference")
-    reference = _timed(lambda: _reference(cfg)) if "reference" in needs else None
+    reference = _reference(cfg) if "reference" in needs else None
     samples = labels = reward_model = None
     if "samples" in needs:
         if not data.prompts_path:
             raise DataError(f"data={data.name} has no prompts to sample pairs for (data.prompts_path)")
-        samples = _timed(lambda: samples_stage(cfg, reference.path, Path(data.prompts_path)))
+        samples = samples_stage(cfg, reference.path, Path(data.prompts_path))
     if "labels" in needs and (unlabelled is not None or samples is not None):
-        labels = _timed(lambda: label_stage(cfg, unlabelled if unlabelled is not None else samples.path))
+        labels = label_stage(cfg, unlabelled if unlabelled is not None else samples.path)
     if "reward_model" in needs:
         if given_rm:
-            reward_model = _timed(lambda: given_rm)  # a cached stage's stage.json is read all the same
+            reward_model = Stage(Path(given_rm), {}, 0.0)  # given, not built
         elif labels is None:
             raise DataError(f"algo={cfg.algo.name} needs a reward model: set algo.reward_model=DIR (a trained reward "
                             f"model, e.g. the model/ dir of an algo=reward run), or use data with a preference stage "
                             f"(data=world)")
         else:
-            reward_model = _timed(lambda: reward_stage(cfg, reference.path, labels.path))
+            reward_model = reward_stage(cfg, reference.path, labels.path)
     return Prepared(reference, samples, labels, reward_model)
 
 
-def _timed(make) -> Stage:
-    """A stage's result with the seconds ``make`` took and the stage.json of a cached stage."""
-    started = time.perf_counter()
-    path = Path(make())
-    info_file = path.parent / "stage.json"
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    return Stage(path, info, time.perf_counter() - started)
-
-
-def _reference(cfg: DictConfig) -> Path:
+def _reference(cfg: DictConfig) -> Stage:
     """The reference policy's weights: the SFT stage, or the model config's path (not built)."""
     m = cfg.model
     if not cfg.data.sft_stage:
-        return Path(m.reference_path or m.name_or_path)
+        return Stage(Path(m.reference_path or m.name_or_path), {}, 0.0)
     if m.reference_path:
         raise ValueError(f"model.reference_path={m.reference_path} and data={cfg.data.name}'s SFT stage both give the "
                          f"reference; set one")
@@ -240,7 +233,7 @@ def sft_key(cfg: DictConfig, demonstrations: Path) -> str:
                      OmegaConf.to_container(cfg.stages.sft), cfg.data.max_length)
 
 
-def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
+def sft_stage(cfg: DictConfig, demonstrations: Path) -> Stage:
     """The cached SFT model (the reference policy) trained on ``demonstrations``."""
     stage = cfg.stages.sft
 
@@ -254,10 +247,10 @@ def sft_stage(cfg: DictConfig, demonstrations: Path) -> Path:
         collator = DemonstrationCollator(tokenizer.pad_token_id, cfg.data.max_length)
         return _fit_and_save(cfg, stage, model, tokenizer, SFTLoss(), tokens, collator, out, "stage: sft")
 
-    return cached_stage(cfg.stages.cache_dir, "sft", sft_key(cfg, demonstrations), build) / "model"
+    return cached_stage(cfg.stages.cache_dir, "sft", sft_key(cfg, demonstrations), build, "model")
 
 
-def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Path:
+def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> Stage:
     """The cached unlabelled pairs: two samples per prompt from the reference (``prompt``, ``first``,
     ``second``). Every feedback source labels the same pairs, so raters and judge are compared on equal terms."""
     stage = cfg.stages.preferences
@@ -275,7 +268,7 @@ def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> 
                                            for p, a, b in zip(prompts, first.texts, second.texts)])
         return {"pairs": len(prompts)}
 
-    return cached_stage(cfg.stages.cache_dir, "samples", key, build) / "pairs.jsonl"
+    return cached_stage(cfg.stages.cache_dir, "samples", key, build, "pairs.jsonl")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -295,7 +288,7 @@ def read_unlabelled(path: Path) -> list[dict]:
     return [{"prompt": r["prompt"], "first": r["chosen"], "second": r["rejected"]} for r in checked]
 
 
-def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
+def label_stage(cfg: DictConfig, pairs_path: Path) -> Stage:
     """The cached paired preference dataset: ``pairs_path`` labelled by ``cfg.feedback``.
 
     Rows: ``prompt``, ``chosen``, ``rejected``, ``confidence`` (the feedback source's P(chosen > rejected))
@@ -359,10 +352,10 @@ def label_stage(cfg: DictConfig, pairs_path: Path) -> Path:
         print(message)
         return info
 
-    return cached_stage(cfg.stages.cache_dir, "labels", key, build) / "pairs.jsonl"
+    return cached_stage(cfg.stages.cache_dir, "labels", key, build, "pairs.jsonl")
 
 
-def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Path:
+def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Stage:
     """The cached Bradley-Terry reward model trained on ``pairs_path``, initialised from the reference.
 
     Under ``peft=lora`` it is a LoRA adapter + head on the reference (saved as an adapter), so PPO can
@@ -391,4 +384,4 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Pat
               + (f", vs gold {metrics['rm_accuracy_vs_gold']:.3f}" if "rm_accuracy_vs_gold" in metrics else ""))
         return {**info, **metrics}
 
-    return cached_stage(cfg.stages.cache_dir, "lora-reward" if lora else "reward", key, build) / "model"
+    return cached_stage(cfg.stages.cache_dir, "lora-reward" if lora else "reward", key, build, "model")
