@@ -149,3 +149,12 @@ def test_4bit_without_a_gpu_fails_clearly(cache, tmp_path):
 def test_mistyped_key_fails_at_compose_time(cache, tmp_path):
     proc = zoo("train", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}", cache=cache, check=False)
     assert proc.returncode != 0 and "max_stepz" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["compare"], ["label"], ["report"], ["world", "build"]],
+                         ids=lambda c: " ".join(c))
+def test_every_command_answers_help(command, tmp_path):
+    """DESIGN sec. 4: each command answers --help (exit 0, its usage or Hydra's on stdout, nothing run)."""
+    proc = zoo(*command, "--help", cache=tmp_path)
+    assert proc.returncode == 0 and ("usage" in proc.stdout.lower() or "Powered by Hydra" in proc.stdout)
+    assert not list(tmp_path.iterdir())  # no stage was built

@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "compare":
         from hydra.errors import HydraException
 
-        from zoo.compare import main as compare_main
+        from zoo.compare import __doc__ as compare_help, main as compare_main
+
+        if {"-h", "--help"} & set(rest):
+            print("usage: zoo compare [compare=PLAN] [compare.KEY=VALUE ...] [run overrides ...]\n\n" + compare_help)
+            return
 
         _quiet_libraries()
         try:
