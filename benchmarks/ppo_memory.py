@@ -66,11 +66,10 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
 
 def run(algo: str, peft: str, model_dir: Path, out: Path, args, extra: tuple[str, ...] = ()) -> dict:
     """One ``zoo train`` in a fresh process; returns its metrics.json."""
-    run_dir = out / "-".join([algo, peft, *(e.split("=")[0].split(".")[-1] for e in extra)])
-    reward = model_dir / ("reward_lora" if peft == "lora" else "reward_full")
+    run_dir = out / "-".join([algo, peft, *(e.split("=")[0].split(".")[-1] for e in extra if "reward_model" not in e)])
     overrides = [
         f"algo={algo}", f"peft={peft}", f"model.name_or_path={model_dir / 'policy'}", "data.sft_stage=false",
-        "data.preference_stage=false", "eval.num_prompts=0", f"algo.reward_model={reward}",
+        "data.preference_stage=false", "eval.num_prompts=0",
         f"trainer.batch_size={args.batch_size}", f"trainer.max_steps={args.steps}", "trainer.save_every=0",
         "trainer.learning_rate=1e-5", "trainer.warmup_steps=1", "rollout.ppo_epochs=1",
         f"rollout.max_new_tokens={args.new_tokens}", f"hydra.run.dir={run_dir}", *extra,
@@ -102,9 +101,10 @@ def main() -> None:
     results = {}
     checkpointing = ("algo.value_checkpointing=true",)
     for peft in ("lora", "none"):
+        reward = (f"algo.reward_model={model_dir / ('reward_lora' if peft == 'lora' else 'reward_full')}",)  # PPO's key
         results["sft", peft] = run("sft", peft, model_dir, out, args)
-        results["ppo", peft] = run("ppo", peft, model_dir, out, args)
-        results["ppo + value checkpointing", peft] = run("ppo", peft, model_dir, out, args, checkpointing)
+        results["ppo", peft] = run("ppo", peft, model_dir, out, args, reward)
+        results["ppo + value checkpointing", peft] = run("ppo", peft, model_dir, out, args, reward + checkpointing)
 
     def used(m: dict) -> float | None:
         if m.get("status") != "finished":
