@@ -116,3 +116,42 @@ def test_dpo_with_lora_trains_on_the_smollm2_shape(converted, cache, tmp_path):
         "eval.max_new_tokens=8", f"hydra.run.dir={tmp_path / 'run'}", cache=cache)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["steps"] == 3 and metrics["num_eval_prompts"] == 4
+
+
+def test_a_reward_model_with_pad_equal_to_eos_reads_the_eos(converted):
+    """SmolLM2's PAD is its EOS. The reward model is read at each row's last real token, the EOS that ends
+    every scored response (as a LoRA reward model's ScalarHead reads it), not at transformers' last non-PAD
+    token, which for these rows is the token before the EOS."""
+    from zoo.data.collate import DemonstrationCollator
+    from zoo.data.tokenize import tokenize_completion
+    from zoo.models import last_token_scores, load_reward_model
+
+    tokenizer = load_tokenizer(str(converted))
+    model = load_reward_model(str(converted), tokenizer.pad_token_id).eval()
+    rows = [dict(zip(("prompt_ids", "completion_ids"), tokenize_completion(tokenizer, p, c)))
+            for p, c in (("The film", " was great."), ("An actor", " is dull, slow and boring all the way."))]
+    batch = DemonstrationCollator(tokenizer.pad_token_id)(rows)  # right-padded with PAD = EOS
+    last = batch["attention_mask"].sum(1) - 1
+    assert (batch["input_ids"][torch.arange(2), last] == tokenizer.eos_token_id).all()
+    with torch.no_grad():
+        ours = last_token_scores(model, batch["input_ids"], batch["attention_mask"])
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        at_eos = model.score(hidden)[torch.arange(2), last].squeeze(-1)
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    assert torch.equal(ours, at_eos) and not torch.allclose(ours, theirs)
+
+
+def test_where_pad_differs_from_eos_the_score_is_transformers_own():
+    """On the world (PAD != EOS) the same position, the same ops: the numbers are transformers' to the bit."""
+    from zoo.data.collate import PairCollator
+    from zoo.data.load import tokenize_rows
+    from zoo.models import last_token_scores, load_reward_model
+
+    tokenizer = load_tokenizer(str(paths.MODEL))
+    model = load_reward_model(str(paths.MODEL), tokenizer.pad_token_id).eval()
+    rows = [{"prompt": "The film", "chosen": " was great and I loved it.", "rejected": " bad."},
+            {"prompt": "An actor", "chosen": " shines.", "rejected": " is dull, slow and boring all the way."}]
+    batch = PairCollator(tokenizer.pad_token_id)(tokenize_rows(rows, "pairs", tokenizer, "rows", 96)[0])
+    with torch.no_grad():
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+        assert torch.equal(last_token_scores(model, batch["input_ids"], batch["attention_mask"]), theirs)

@@ -10,6 +10,7 @@ them, and how the result is evaluated, one entry of :data:`MODEL_KINDS` per kind
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from zoo.models import (
     add_fresh_adapter,
     apply_lora,
     is_adapter_dir,
+    last_token_scores,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -174,7 +176,7 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
     else:
         reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
         reward.eval().requires_grad_(False)
-        score_fn = lambda ids, mask: reward(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        score_fn = functools.partial(last_token_scores, reward)  # (ids, mask) -> (N,), as it was trained
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
     return RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, cfg.rollout.forward_batch_size)
 

@@ -9,6 +9,7 @@ it is a separate frozen copy.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -32,14 +33,34 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+@functools.lru_cache(maxsize=None)
+def bitsandbytes_problem(bits: int, device: str) -> str | None:
+    """Why bitsandbytes cannot run ``bits``-bit layers on ``device`` here, or None when it can: a one-layer
+    forward and backward, tried once per process (bitsandbytes 0.50 runs NF4 and int8 on the CPU too)."""
+    try:
+        import bitsandbytes as bnb
+
+        layer = (bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4") if bits == 4
+                 else bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)).to(device)
+        x = torch.randn(2, 64, device=device, requires_grad=True)
+        layer(x).sum().backward()
+    except Exception as err:  # noqa: BLE001 - any failure means: not on this device
+        return f"{type(err).__name__}: {err}".strip()[:300]
+    return None
+
+
 def quantization_config(bits: int | None, compute_dtype: torch.dtype):
-    """A bitsandbytes config for 4- or 8-bit loading (QLoRA = peft=lora quant=4bit); needs CUDA."""
+    """A bitsandbytes config for 4- or 8-bit loading (QLoRA = peft=lora quant=4bit), on a CUDA GPU or on the
+    CPU where the installed bitsandbytes runs there; otherwise a clear error."""
     if bits is None:
         return None
     if bits not in (4, 8):
         raise ValueError(f"quant.bits must be 4, 8 or null, got {bits}")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"quant={bits}bit needs a CUDA GPU (bitsandbytes); this machine has none. Use quant=none.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    problem = bitsandbytes_problem(bits, device)
+    if problem is not None:
+        raise RuntimeError(f"quant={bits}bit: bitsandbytes cannot run {bits}-bit layers on this machine's {device} "
+                           f"({problem}); use quant=none")
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
@@ -142,10 +163,22 @@ def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0) -> S
                          all_token_logps=logps * token_mask, token_mask=token_mask)
 
 
+def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N,) a ``num_labels=1`` sequence-classification model's score at each row's last real token (right
+    padding: position ``attention_mask.sum - 1``), the position a LoRA reward model's ``ScalarHead.scores``
+    reads too. transformers' own pooling reads the last token that is not PAD, which is the same token when
+    PAD differs from EOS (the same ops, the same numbers) but the one before the EOS when PAD = EOS
+    (SmolLM2): the reward model would score a prompt-and-response without its end."""
+    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    hidden = seq_cls.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    logits = seq_cls.score(hidden)  # (N, T, 1); under LoRA the adapter's trained copy of the head
+    last = attention_mask.sum(dim=1).long() - 1  # (N,)
+    return logits[torch.arange(len(last), device=logits.device), last].squeeze(-1)
+
+
 def sequence_scores(model: nn.Module, batch: dict) -> SequenceScores:
     """(N,) scalar scores of a collated batch from a ``num_labels=1`` sequence-classification model."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return SequenceScores(scores=logits.squeeze(-1).float())
+    return SequenceScores(scores=last_token_scores(model, batch["input_ids"], batch["attention_mask"]).float())
 
 
 # ---------------------------------------------------------------------------------------------
