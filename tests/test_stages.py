@@ -69,3 +69,20 @@ def test_changing_a_stage_setting_changes_its_key(cfg):
     cfg.stages.preferences.num_prompts = 12
     other = stages.label_stage(cfg, stages.samples_stage(cfg, reference, Path(cfg.data.prompts_path)).path).path
     assert len(other.read_text().splitlines()) <= 12
+
+
+def test_a_reward_stage_does_not_depend_on_what_the_process_ran_before(cfg, tmp_path):
+    """The same key must mean the same weights: the reward model's new head starts from the stage's seed,
+    so building it after other work (another RNG state) gives the same bytes."""
+    import shutil
+
+    import torch
+
+    first = stages.prepare(cfg, ["reward_model"]).reward_model.path
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    shutil.copytree(tmp_path, other, ignore=shutil.ignore_patterns("reward-*"))
+    cfg.stages.cache_dir = str(other)
+    torch.manual_seed(12345)
+    torch.randn(1000)  # whatever the process did before
+    again = stages.prepare(cfg, ["reward_model"]).reward_model.path
+    assert again != first and (again / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()

@@ -78,6 +78,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     data_seconds = time.perf_counter() - started
 
     # --- models and batches ---
+    torch.manual_seed(cfg.seed)  # new weights (LoRA, heads) start alike whether the stages were built now or cached
     memory_before_models = current_memory_mb()  # so a benchmark can subtract the interpreter and libraries
     tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
     built = kind.build(cfg, init_path, stages, tokenizer, task)

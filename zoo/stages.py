@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -363,11 +364,14 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Sta
     """
     stage = cfg.stages.reward
     lora = OmegaConf.to_container(cfg.peft) if cfg.peft.enabled else None
+    # "seeded head": reward models built before the head's initialisation was seeded depended on what the
+    # building process had run before (the same key, different weights); they are not reused
     key = cache_key("reward", identity(reference_path), file_digest(pairs_path), OmegaConf.to_container(stage),
-                    cfg.data.max_length, *([lora] if lora else []))
+                    cfg.data.max_length, *([lora] if lora else []), "seeded head")
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(str(reference_path))
+        torch.manual_seed(0)  # the new scalar head (and LoRA) start from the stage's seed, not the process's state
         model = load_reward_model(str(reference_path), tokenizer.pad_token_id)
         if lora:
             p = cfg.peft
