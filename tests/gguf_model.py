@@ -33,12 +33,13 @@ def _tokenizer_parts() -> tuple[list[str], list[str]]:
 
 
 def tiny_smollm2(vocab_size: int, seed: int = 0):
-    """A random SmolLM2-shaped Llama at toy size."""
+    """A random SmolLM2-shaped Llama at toy size. Every projection's input size is a multiple of 64 and its
+    output size one of 32, as SmolLM2's are: bitsandbytes' CPU 4-bit generation kernel needs both."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=3, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=3, num_key_value_heads=1, head_dim=64, max_position_embeddings=256,
                          rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1,
                          eos_token_id=2, pad_token_id=2)
     return LlamaForCausalLM(config).eval()

@@ -269,3 +269,45 @@ def test_score_of_three_tokens_fails_clearly():
     judge = LMJudge(str(paths.MODEL), scores=(1, 100))
     with pytest.raises(ValueError, match="'100' is 3 tokens"):
         judge.score(["The plot was"], [" great."])
+
+
+class PositiveWordLM(torch.nn.Module):
+    """Pointwise stub: the yes-word's logit is 1.5 x the count of " loved" in the row's tokens, the no-word's
+    is 0, so a response's log-odds s = 1.5 * (its " loved" tokens)."""
+
+    def __init__(self, answer_ids, good_id):
+        super().__init__()
+        self.answer_ids, self.good_id = answer_ids, good_id
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        logits = torch.zeros(*input_ids.shape, 4000)
+        logits[:, -1, self.answer_ids[0]] = 1.5 * (input_ids == self.good_id).sum(-1).float()
+        return SimpleNamespace(logits=logits)
+
+
+def test_pointwise_labels_are_a_scaled_logistic_of_the_score_difference():
+    """s(" loved loved") = 3.0, s(" bad") = 0 (no "loved" token). With scale 0.5:
+    P(first > second) = sigmoid(0.5 * (3.0 - 0)) = sigmoid(1.5) = 0.817574, and the reversed pair
+    sigmoid(-1.5) = 0.182426; a pointwise judgement has no order, so no position bias."""
+    judge = LMJudge(str(paths.MODEL), mode="pointwise", answers=("positive", "negative"), scale=0.5,
+                    principle="Is this review positive or negative?")
+    good = judge.tokenizer(" loved", add_special_tokens=False)["input_ids"]
+    assert len(good) == 1
+    judge.model = PositiveWordLM(judge.answer_ids, good[0])
+    assert judge.pointwise_scores(["x", "x"], [" loved loved", " bad"]) == pytest.approx([3.0, 0.0])
+    out = judge.judge(["x", "x"], [" loved loved", " bad"], [" bad", " loved loved"])
+    assert out.prob_first == pytest.approx([0.817574, 0.182426], abs=1e-6)
+    assert out.position_bias is None
+    labels = judge.label(["x", "x"], [" loved loved", " bad"], [" bad", " loved loved"])
+    assert labels.first_wins == [True, False] and labels.position_bias is None
+    text = judge.render_pointwise("x", " loved loved")
+    assert "positive or negative" in text and f"{OPEN} loved loved{CLOSE}" in text and "Response B" not in text
+
+
+def test_pointwise_settings_are_checked():
+    with pytest.raises(ValueError, match="mode must be pairwise or pointwise"):
+        LMJudge(str(paths.MODEL), mode="both")
+    with pytest.raises(ValueError, match="two different words"):
+        LMJudge(str(paths.MODEL), mode="pointwise", answers=("Yes", "Yes"))
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        LMJudge(str(paths.MODEL), mode="pointwise", scale=0.0)

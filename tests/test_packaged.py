@@ -155,3 +155,38 @@ def test_where_pad_differs_from_eos_the_score_is_transformers_own():
     with torch.no_grad():
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
         assert torch.equal(last_token_scores(model, batch["input_ids"], batch["attention_mask"]), theirs)
+
+
+# Every algorithm on the reviews task (chat prompts, sampled replies) with the SmolLM2-shaped model under
+# QLoRA: NF4 base weights (bitsandbytes runs them on the CPU) + LoRA. RLAIF labels with the pointwise
+# SmolLM2 judge config (its model swapped for the same shrunken one); SFT trains on the chosen replies.
+QLORA_RUNS = {"sft": ["algo.stages=[reference,labels]"], "dpo": [], "ipo": [], "kto": [], "orpo": [],
+              "reward": [], "ppo": [], "rlaif": ["feedback=smollm2_judge"], "online_dpo": ["feedback=gold"]}
+
+
+@pytest.mark.parametrize("algo", list(QLORA_RUNS))
+def test_every_algorithm_runs_under_qlora_on_the_smollm2_shape(algo, converted, cache, tmp_path):
+    from zoo.models import bitsandbytes_problem
+
+    extra = QLORA_RUNS[algo]
+    if "feedback=smollm2_judge" in extra:
+        extra = [*extra, f"feedback.source.model={converted}"]
+    proc = zoo("train", f"algo={algo}", "data=reviews", "model=smollm2_135m", f"model.name_or_path={converted}",
+               "peft=lora", "quant=4bit", "experiment=smoke", "eval.num_prompts=4", "eval.max_new_tokens=8",
+               "stages.preferences.num_prompts=16", "stages.preferences.max_new_tokens=8", "rollout.max_new_tokens=8",
+               *extra, f"hydra.run.dir={tmp_path}", cache=cache, check=False)
+    if bitsandbytes_problem(4, "cuda" if torch.cuda.is_available() else "cpu") is not None:
+        assert proc.returncode == 1 and "use quant=none" in " ".join(proc.stderr.split())
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["steps"] == 3 and metrics["data"] == "reviews"
+    config = (tmp_path / "config.yaml").read_text()
+    assert "bits: 4" in config and "enabled: true" in config
+    if algo == "reward":
+        assert "rm_accuracy_vs_gold" in metrics
+    else:  # the policy's replies were sampled and scored: gold, the held-out scorer, NLL and repetition
+        assert metrics["num_eval_prompts"] == 4 and "textblob" in metrics["other_rewards"]
+        assert metrics["nll_under_ref"] > 0 and 0.0 <= metrics["repeated_3grams"] <= 1.0
+    if algo == "rlaif":
+        assert metrics["feedback"] == "smollm2-judge" and "feedback_position_bias" not in metrics

@@ -109,7 +109,7 @@ def zoo_rows_logps(algo: str, rows: list[dict], scratch) -> tuple[list[dict], to
     tokens, _ = tokenize_rows(loaded, kind, tokenizer, "rows", MAX_LENGTH, prepend_bos=loss_fn.prepend_bos)
     batch = COLLATORS[kind](tokenizer.pad_token_id, MAX_LENGTH)(tokens)
     with torch.no_grad():
-        out = sequence_logps(load_causal_lm(str(scratch["policy"])), batch)
+        out = sequence_logps(load_causal_lm(str(scratch["policy"])), batch, all_tokens=loss_fn.needs_all_token_logps)
     return tokens, out.logps
 
 

@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 WORLD_ASSETS = Path(__file__).parent / "world" / "assets"
+REVIEWS_ASSETS = Path(__file__).parent / "reviews" / "assets"
 
 
 @dataclass
@@ -215,7 +216,7 @@ def portable(path: str | Path, cache_dir: str | Path | None = None) -> str:
     if not (Path(text).is_absolute() or Path(text).exists()):
         return text  # a hub id
     resolved = Path(text).resolve()
-    roots = [("${world_asset:%s}", WORLD_ASSETS)]
+    roots = [("${world_asset:%s}", WORLD_ASSETS), ("${reviews_asset:%s}", REVIEWS_ASSETS)]
     if cache_dir is not None:
         roots.append(("${stages.cache_dir}/%s", Path(cache_dir)))
     roots.append(("%s", Path.cwd()))
@@ -268,8 +269,8 @@ def compose_compare_config(overrides: list[str]):
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent) and register the ``world_asset`` and
-    ``packaged_model`` resolvers."""
+    """Put the schemas in Hydra's ConfigStore (idempotent) and register the ``world_asset``,
+    ``reviews_asset`` and ``packaged_model`` resolvers."""
     cs = ConfigStore.instance()
     # One typed root: every group file merges into a typed node, so unknown keys fail at compose time.
     cs.store(name="train_schema", node=TrainConfig)
@@ -278,6 +279,8 @@ def register_configs() -> None:
     cs.store(group="algo", name="online_schema", node=OnlineAlgoConfig)  # and by algo/online_dpo.yaml's
     if not OmegaConf.has_resolver("world_asset"):
         OmegaConf.register_new_resolver("world_asset", lambda name: str(WORLD_ASSETS / name))
+    if not OmegaConf.has_resolver("reviews_asset"):
+        OmegaConf.register_new_resolver("reviews_asset", lambda name: str(REVIEWS_ASSETS / name))
     if not OmegaConf.has_resolver("packaged_model"):
         OmegaConf.register_new_resolver("packaged_model", _packaged_model)
 

@@ -9,8 +9,14 @@ On held-out prompts, one sample per prompt from the policy and one from the refe
 - ``judge_win_rate_vs_ref``: the same comparison made by an LM judge (both orders averaged, ties 1/2), so
   a method's win rate as its AI labeler sees it sits next to the gold one; ``judge_position_bias`` too;
 - ``mean_length`` (completion tokens), ``distinct_2`` (distinct word bigrams / all bigrams),
-  ``fluency`` (world: fraction of grammatical prompt + completion texts; otherwise the mean per-token
-  log-likelihood under the reference), ``eos_rate`` (completions that ended with EOS).
+  ``eos_rate`` (completions that ended with EOS);
+- what shows reward hacking on any text: ``nll_under_ref`` (mean per-token negative log-likelihood of
+  the policy's samples under the reference; ``ref_nll_under_ref`` of the reference's own) and
+  ``repeated_3grams`` (the fraction of a sample's word 3-grams that repeat an earlier one in it, averaged;
+  ``ref_repeated_3grams``);
+- with a task that has them: ``fluency`` (the world's grammar: fraction of grammatical prompt + completion
+  texts) and ``other_rewards`` (scorers the task keeps out of training, e.g. another sentiment lexicon:
+  policy mean, reference mean and win rate for each).
 """
 
 from __future__ import annotations
@@ -31,15 +37,14 @@ from zoo.rollout import Samples, sample
 
 class TaskMetrics(Protocol):
     """What a task measures samples by beyond the models themselves (``data.metrics``; the world's is
-    ``zoo.world.metrics.WorldMetrics``): a gold reward, a fluency check and a judge for the judge win rate."""
+    ``zoo.world.metrics.WorldMetrics``, the reviews task's ``zoo.reviews.metrics.ReviewMetrics``): a gold
+    reward and a judge for the judge win rate (or None). Optional: ``fluency(prompts, completions) ->
+    list[bool]`` (a grammar check) and ``other_rewards(texts) -> {name: list[float]}`` (held-out scorers)."""
 
     def gold_reward(self, texts: list[str]) -> list[float]:
         ...
 
-    def fluency(self, prompts: list[str], completions: list[str]) -> list[bool]:
-        ...
-
-    def judge(self):  # an LMJudge-like object with ``judge(prompts, first, second) -> Judgement``
+    def judge(self):  # an LMJudge-like object with ``judge(prompts, first, second) -> Judgement``, or None
         ...
 
 
@@ -56,6 +61,16 @@ def normal_ci_over_prompts(values: list[float]) -> dict[str, float]:
 def win_rate(a: list[float], b: list[float]) -> float:
     """Fraction of paired items where a beats b; ties count one half."""
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+
+
+def repeated_ngram_rate(texts: list[str], n: int = 3) -> float:
+    """Mean over texts of the fraction of word n-grams that repeat an earlier n-gram of the same text
+    ("the film was great, the film was great" -> 3 of 6); texts shorter than n words count 0."""
+    rates = []
+    for words in (t.split() for t in texts):
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        rates.append((len(grams) - len(set(grams))) / len(grams) if grams else 0.0)
+    return sum(rates) / len(rates) if rates else 0.0
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:
@@ -115,11 +130,18 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
         judged = judge.judge(prompts, policy_samples.texts, reference_samples.texts)
         metrics["judge_win_rate_vs_ref"] = win_rate(judged.prob_first, [0.5] * len(prompts))
         metrics["judge_position_bias"] = judged.position_bias
-    if task is not None:  # the task's own check (the world's grammar reads prompt + completion)
+    metrics["nll_under_ref"] = (-ref_logps.sum() / lengths.sum().clamp(min=1)).item()
+    metrics["ref_nll_under_ref"] = (-ref_on_ref.sum() / ref_counts.sum().clamp(min=1)).item()
+    metrics["repeated_3grams"] = repeated_ngram_rate(policy_samples.texts)
+    metrics["ref_repeated_3grams"] = repeated_ngram_rate(reference_samples.texts)
+    if hasattr(task, "fluency"):  # the task's own check (the world's grammar reads prompt + completion)
         for key, texts in (("fluency", policy_samples.texts), ("ref_fluency", reference_samples.texts)):
             metrics[key] = sum(task.fluency(prompts, texts)) / len(prompts)
-    else:  # no grammar to check: mean per-token log-likelihood of the policy's samples under the reference
-        metrics["fluency"] = (ref_logps.sum() / lengths.sum().clamp(min=1)).item()
+    if hasattr(task, "other_rewards"):  # scorers kept out of training: does a gain carry over to them?
+        mine, theirs = task.other_rewards(policy_samples.texts), task.other_rewards(reference_samples.texts)
+        metrics["other_rewards"] = {name: {"mean": sum(mine[name]) / len(prompts),
+                                           "ref_mean": sum(theirs[name]) / len(prompts),
+                                           "win_rate_vs_ref": win_rate(mine[name], theirs[name])} for name in mine}
 
     rows = []
     for i, prompt in enumerate(prompts):
@@ -174,8 +196,10 @@ def evaluate_reward_model(model, tokenizer, pairs: list[dict], max_length: int |
     if all("chosen_gold" in p for p in pairs):
         decided = [(c - r, p["chosen_gold"] - p["rejected_gold"]) for p, c, r in zip(pairs, chosen, rejected)
                    if p["chosen_gold"] != p["rejected_gold"]]
-        metrics["rm_accuracy_vs_gold"] = sum((dr > 0) == (dg > 0) for dr, dg in decided) / len(decided)
-        metrics["labels_accuracy_vs_gold"] = sum(dg > 0 for _, dg in decided) / len(decided)  # the raters' ceiling
+        n = len(decided)  # 0 when gold ties every held-out pair (a few pairs of short replies): nan, not a crash
+        metrics["rm_accuracy_vs_gold"] = sum((dr > 0) == (dg > 0) for dr, dg in decided) / n if n else float("nan")
+        metrics["labels_accuracy_vs_gold"] = sum(dg > 0 for _, dg in decided) / n if n else float("nan")  # the raters' ceiling
+        metrics["num_eval_pairs_decided_by_gold"] = n
         gold = [p["chosen_gold"] for p in pairs] + [p["rejected_gold"] for p in pairs]
         metrics["rm_spearman_gold"] = spearman(chosen + rejected, gold)
         for row, p in zip(rows, pairs):
@@ -188,7 +212,7 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference: Reference, tokenizer
     """A run's policy evaluation (``eval.*``): with task metrics, gold reward, win rate, fluency and the
     task's judge; without, an LM judge given as feedback also measures the win rate
     (``eval.judge_with_feedback``)."""
-    judge = task.judge() if task is not None else None
+    judge = task.judge() if task is not None else None  # None: the task has no judge of its own
     if judge is None and cfg.eval.judge_with_feedback and hasattr(get_object(cfg.feedback.source._target_), "judge"):
         judge = instantiate(cfg.feedback.source)
     return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -21,6 +22,11 @@ from transformers import (
 )
 
 from zoo.losses.base import SequenceLogps, SequenceScores
+
+# bitsandbytes 0.50 on a CPU with AVX-512 BF16 tries, when imported (peft imports it), to fetch a faster 4-bit
+# kernel from the hub's kernels-community and logs a warning when it cannot; its own CPU kernel is used
+# then, which is what zoo measured and uses. Offline that warning is every run's first line: silenced.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -144,23 +150,82 @@ class Reference:
         return self
 
 
+# Positions per chunk of the LM head in ``token_logps``: a chunk's (positions, vocab) float32 logits are all
+# that exist at once (1,024 x 49,152 x 4 bytes = 201 MB for SmolLM2, instead of the whole batch's).
+LOGITS_CHUNK = 1024
+
+
+def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(transformer body, LM head) of a plain causal LM (through a peft wrapper), or None where calling them
+    apart would change the numbers or bypass a wrapper: a DDP module (its forward syncs gradients), a
+    head that is not one linear layer, or a model that scales or caps its logits after the head."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return None
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    trunk = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
+    config = getattr(lm, "config", None)
+    rescaled = any(getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if not isinstance(head, nn.Linear) or trunk is None or trunk is lm or rescaled:
+        return None
+    return trunk, head
+
+
+def _chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(K,) log p(label) at K positions: (K, H) hidden states -> (K, V) logits -> gather - logsumexp."""
+    logits = head(hidden).float() / temperature  # (K, V)
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                temperature: float = 1.0) -> torch.Tensor:
-    """(N, T-1) log p(x_t | x_<t) for t = 1..T-1, without materialising a full log-softmax copy."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    logits = logits.float() / temperature  # (N, T-1, V)
-    labels = input_ids[:, 1:].unsqueeze(-1)  # (N, T-1, 1)
-    return logits.gather(-1, labels).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+                temperature: float = 1.0, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, T-1) log p(x_t | x_<t) for t = 1..T-1 at ``positions`` (an (N, T-1) 0/1 mask; default: every real
+    token), 0 elsewhere.
+
+    The full (N, T, V) logits never exist: the trunk's hidden states at the wanted positions go through the
+    LM head ``LOGITS_CHUNK`` positions at a time, and each chunk keeps only its labels' logits and its
+    logsumexp; under autograd a chunk is recomputed in backward (``torch.utils.checkpoint``) instead of
+    keeping its logits. The same numbers as ``log_softmax(model(x).logits)`` gathered at the labels, up to
+    float rounding (the head's matmul runs on fewer rows). Models whose head cannot be called apart (see
+    ``_trunk_and_head``) take the full-logits path."""
+    if positions is None:
+        positions = attention_mask[:, 1:]
+    labels = input_ids[:, 1:]  # (N, T-1)
+    parts = _trunk_and_head(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        logits = logits.float() / temperature  # (N, T-1, V)
+        out = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return out * positions.to(out.dtype)
+    trunk, head = parts
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
+    where = positions.bool()
+    picked, picked_labels = hidden[:, :-1][where], labels[where]  # (K, H), (K,)
+    chunks = []
+    for start in range(0, len(picked), LOGITS_CHUNK):
+        h, y = picked[start:start + LOGITS_CHUNK], picked_labels[start:start + LOGITS_CHUNK]
+        if torch.is_grad_enabled() and h.requires_grad:
+            chunks.append(torch.utils.checkpoint.checkpoint(_chunk_logps, head, h, y, temperature, use_reentrant=False))
+        else:
+            chunks.append(_chunk_logps(head, h, y, temperature))
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=hidden.device)  # (N, T-1)
+    if chunks:
+        out = out.masked_scatter(where, torch.cat(chunks))
+    return out
 
 
-def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0) -> SequenceLogps:
-    """Completion log-probs of a collated batch (see ``zoo.data.collate``), plus every real token's
-    (ORPO's NLL covers the prompt too, as TRL's) and the batch's labels if it has them (KTO)."""
+def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0, all_tokens: bool = False) -> SequenceLogps:
+    """Completion log-probs of a collated batch (see ``zoo.data.collate``) and the batch's labels if it has
+    them (KTO); with ``all_tokens`` also every real token's (ORPO's NLL covers the prompt too, as TRL's).
+    Only the positions asked for go through the LM head."""
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # shift: token t is predicted at position t-1
+    if not all_tokens:
+        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=mask)
+        return SequenceLogps(token_logps=logps, completion_mask=mask, labels=batch.get("labels"))
     token_mask = batch["attention_mask"][:, 1:].to(torch.float32)
-    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature)
+    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=token_mask)
     return SequenceLogps(token_logps=logps * mask, completion_mask=mask, labels=batch.get("labels"),
-                         all_token_logps=logps * token_mask, token_mask=token_mask)
+                         all_token_logps=logps, token_mask=token_mask)
 
 
 def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -351,16 +416,18 @@ class ActorCritic(nn.Module):
         self.value = value
         value.checkpoint = checkpoint_value
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                completion_mask: torch.Tensor | None = None):
+        # completion_mask: (N, T-1) the positions whose log-probs are wanted (None: every real token).
         # The value model runs first and, if checkpointed, keeps no activations; autograd then walks the
         # policy's graph first (it was built last), freeing it before the value trunk is recomputed, so
         # the update holds one network's activations at a time instead of both.
         values = self.value(input_ids, attention_mask)[:, :-1]
         if hasattr(self.policy, "peft_config"):  # the value / reward adapters may share this model
             with active_adapter(self.policy, "default"):
-                logps = token_logps(self.policy, input_ids, attention_mask, temperature)
+                logps = token_logps(self.policy, input_ids, attention_mask, temperature, completion_mask)
         else:
-            logps = token_logps(self.policy, input_ids, attention_mask, temperature)
+            logps = token_logps(self.policy, input_ids, attention_mask, temperature, completion_mask)
         return logps, values
 
 
@@ -369,7 +436,7 @@ def policy_value_outputs(model: nn.Module, batch: dict):
     from zoo.losses.ppo import PolicyValueOutput
 
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # (N, T-1) response tokens
-    logps, values = model(batch["input_ids"], batch["attention_mask"], batch["temperature"])
+    logps, values = model(batch["input_ids"], batch["attention_mask"], batch["temperature"], mask)
     return PolicyValueOutput(
         policy=SequenceLogps(token_logps=logps * mask, completion_mask=mask), values=values * mask,
         old_logps=batch["old_logps"], old_values=batch["old_values"], ref_logps=batch["ref_logps"],

@@ -26,6 +26,8 @@ the newest one.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import shutil
 import time
@@ -156,6 +158,8 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
     """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
     window, the clipped update; returns the micro-batch's metrics, gathered over processes."""
     forward = MODEL_KINDS[loss_fn.model_output].forward
+    if loss_fn.needs_all_token_logps:
+        forward = functools.partial(forward, all_tokens=True)
     with t.accelerator.accumulate(t.policy):
         policy_out = forward(t.policy, batch)
         reference_out = None

@@ -42,8 +42,9 @@ def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
 
 def resolve_data(cfg: DictConfig, kind: str, stages: Prepared, eval_on_rows: bool = False) -> RunData:
     """The training rows and evaluation items of a run whose loss consumes ``kind``: prompts from
-    ``data.prompts_path``, pairs from the label stage when ``stages`` has one, demonstrations from
-    ``data.demonstrations_path``, else ``data.path``.
+    ``data.prompts_path``, demonstrations from ``data.demonstrations_path``, pairs (and, without
+    demonstrations, the chosen responses as demonstrations) from the label stage when ``stages`` has one,
+    else ``data.path``.
 
     Eval items are prompts (policies are evaluated by sampling), or, with ``eval_on_rows``, held-out rows
     (reward models are evaluated on pairs they never saw). The training data is never shrunk silently:
@@ -54,12 +55,15 @@ def resolve_data(cfg: DictConfig, kind: str, stages: Prepared, eval_on_rows: boo
                          f"algo.stages ({', '.join(cfg.algo.stages)}) does not declare labels")
     if kind == "prompts" and data.prompts_path:
         source = data.prompts_path
-    elif kind in ("pairs", "unpaired") and stages.labels is not None:
-        source = str(stages.labels.path)
     elif kind == "demonstrations" and data.demonstrations_path:
         source = data.demonstrations_path
+    elif kind in ("pairs", "unpaired", "demonstrations") and stages.labels is not None:
+        source = str(stages.labels.path)  # demonstrations: SFT on the chosen responses
     elif data.path:
         source = data.path
+    elif kind == "demonstrations" and data.preference_stage:
+        raise DataError(f"data={data.name} has no demonstrations; to fine-tune on the chosen responses of its labelled "
+                        f"pairs, add the label stage: algo.stages=[reference,labels]")
     else:
         raise DataError(f"data={data.name} gives no {kind} data: set data.path=FILE")
     rows, skipped = load_rows(kind, source, _read_source(source, data.split, data.subset), data.skip_bad_rows)

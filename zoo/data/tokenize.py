@@ -4,7 +4,8 @@ For a standard (string) example TRL tokenizes ``prompt`` and ``prompt + completi
 and takes the completion to start where the two token sequences diverge (BPE merges can cross the
 boundary); for conversational examples it renders both through the chat template (the prompt with
 ``add_generation_prompt=True``) and, since the template ends the assistant turn itself, adds no
-extra EOS. Matching this keeps zoo's log-probabilities equal to TRL's on the same data.
+extra EOS. A conversational prompt with a string completion (a chat model's sampled reply, as the
+preference stage writes it) takes the string as the assistant's message. Matching this keeps zoo's log-probabilities equal to TRL's on the same data.
 
 ``prepend_bos`` (a loss's declaration, ORPO's) puts the tokenizer's BOS token before a prompt that does
 not start with it, as TRL's ORPOTrainer does even for tokenizers that do not add BOS themselves.
@@ -31,8 +32,9 @@ def _with_bos(tokenizer, prompt_ids: list[int]) -> list[int]:
 
 def tokenize_completion(tokenizer, prompt, completion, prepend_bos: bool = False) -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids) for one prompt/completion in TRL's way (see module docstring)."""
-    example = {"prompt": prompt, "completion": completion}
-    if is_conversational(example):
+    if isinstance(prompt, list) and isinstance(completion, str):  # a sampled reply to a chat prompt
+        completion = [{"role": "assistant", "content": completion}]
+    if is_conversational({"prompt": prompt, "completion": completion}):
         prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True)
         full_ids = _ids(tokenizer, prompt + completion)
     else:

@@ -16,6 +16,14 @@ with an LLM instead of people. ``LMJudge`` does it with any Hugging Face causal 
   memory and, with ``cache_dir``, on disk, so a sweep never judges the same pair twice and a judge
   retrained in place never reuses its old judgements.
 
+Pointwise mode (``mode="pointwise"``): each response is asked about on its own ("Is the sentiment of this
+movie review positive or negative?"), its score is the log-odds of the two answer words,
+s = log P(yes-word) - log P(no-word) from the next-token logits, and a pair's soft label is a logistic in
+the score difference, P(first > second) = sigmoid(scale * (s_first - s_second)), with ``scale`` fitted
+once on held-out pairs so the probabilities are calibrated (``benchmarks/judge_agreement.py``). A small
+judge that cannot compare two texts in one prompt can often still rate one (SmolLM2-135M-Instruct:
+docs/real-models.md); the pair is then judged without an order, so there is no position bias to remove.
+
 Score mode (Lee et al. 2023, direct RLAIF "d-RLAIF"): the judge rates one response on a scale (1..10 by
 default) and the reward is the expected rating E[s] = sum_s s P(s), with P normalised over the candidate
 score strings. A score may be one token or two ("10" is "1", "0" in many tokenizers); two-token scores
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -52,20 +61,26 @@ DEFAULT_SCORE_TEMPLATE = ("{principle}\n" + _DELIMITER_RULE + "\n\nPrompt: {prom
                           "{open}{response}{close}\n\nRate the response by the principle above from 1 (worst) to "
                           "10 (best). Answer with the number only.")
 
+# The pointwise question: fields {principle}, {prompt}, {response}, {open}, {close}, {yes}, {no} (the answer
+# words). The prompt is not shown by default: the principle is about the response alone.
+DEFAULT_POINTWISE_TEMPLATE = ("{principle}\n" + _DELIMITER_RULE + "\n\nResponse: {open}{response}{close}\n\n"
+                              "Answer with one word: {yes} or {no}.")
+
 
 @dataclass
 class Judgement:
-    """Per pair: P(first > second) averaged over both orders, and each order's P(label A)."""
+    """Per pair: P(first > second) averaged over both orders, and each order's P(label A); a pointwise
+    judgement has no orders (both lists empty) and no position bias."""
 
     prob_first: list[float]
     prob_a_first_shown_first: list[float]  # P(A) with the first response shown as A
     prob_a_first_shown_second: list[float]  # P(A) with the first response shown as B
 
     @property
-    def position_bias(self) -> float:
-        """Mean P(A) over both orders minus 1/2: > 0 favours whatever is shown first."""
+    def position_bias(self) -> float | None:
+        """Mean P(A) over both orders minus 1/2: > 0 favours whatever is shown first (None: pointwise)."""
         both = self.prob_a_first_shown_first + self.prob_a_first_shown_second
-        return sum(both) / len(both) - 0.5
+        return sum(both) / len(both) - 0.5 if both else None
 
 
 # The delimiters' characters, as a response shows them: look-alikes that are other tokens, so a response
@@ -143,17 +158,30 @@ def score_distribution(candidates: Sequence[tuple[int, ...]], logp1: torch.Tenso
 
 
 class LMJudge:
-    """Pairwise judge from a causal LM's next-token probabilities of the labels ``A`` / ``B``; in score
-    mode (``score``), a rater of single responses by the expected rating."""
+    """A judge from a causal LM's next-token probabilities: pairwise (``mode="pairwise"``, the labels ``A`` /
+    ``B``, both orders) or pointwise (``mode="pointwise"``, each response's log-odds of two answer words,
+    a calibrated logistic in their difference); in score mode (``score``), a rater of single responses by
+    the expected rating."""
 
     def __init__(self, model: str, principle: str = DEFAULT_PRINCIPLE, batch_size: int = 16,
                  max_response_chars: int = 1000, cache_dir: str | None = None, trust_remote_code: bool = False,
                  dtype: str = "float32", device: str | None = None, template: str = DEFAULT_TEMPLATE,
-                 score_template: str = DEFAULT_SCORE_TEMPLATE, scores: Sequence[int] = tuple(range(1, 11))):
+                 score_template: str = DEFAULT_SCORE_TEMPLATE, scores: Sequence[int] = tuple(range(1, 11)),
+                 mode: str = "pairwise", pointwise_template: str = DEFAULT_POINTWISE_TEMPLATE,
+                 answers: Sequence[str] = ("Yes", "No"), scale: float = 1.0):
         from zoo.models import load_causal_lm, load_tokenizer
 
         if not principle.strip():
             raise ValueError("feedback.source.principle must be a non-empty question or rule")
+        if mode not in ("pairwise", "pointwise"):
+            raise ValueError(f"feedback.source.mode must be pairwise or pointwise, got {mode!r}")
+        if "{response}" not in pointwise_template:
+            raise ValueError("feedback.source.pointwise_template must contain {response}")
+        if len(answers) != 2 or answers[0] == answers[1]:
+            raise ValueError(f"feedback.source.answers must be two different words (yes-word, no-word), got {list(answers)}")
+        if not scale > 0:
+            raise ValueError(f"feedback.source.scale must be > 0, got {scale}")
+        self.mode, self.pointwise_template, self.answers, self.scale = mode, pointwise_template, tuple(answers), scale
         self.name, self.principle, self.batch_size = str(model), principle, batch_size
         self.max_response_chars = max_response_chars
         missing = [f for f in ("{principle}", "{a}", "{b}") if f not in template]
@@ -175,6 +203,8 @@ class LMJudge:
         self.chat = bool(self.tokenizer.chat_template)
         # Chat models answer right after the assistant prefix ("A"); base models after "Answer:" (" A").
         self.label_ids = [self._single_token(label if self.chat else " " + label) for label in ("A", "B")]
+        if mode == "pointwise":  # the answer words' first tokens, as the model would start its answer
+            self.answer_ids = [self._first_token(word if self.chat else " " + word) for word in self.answers]
         self.cache: dict[str, float] = {}
         self.cache_file = Path(cache_dir) / "judge_cache.jsonl" if cache_dir else None
         if self.cache_file is not None and self.cache_file.exists():
@@ -187,6 +217,12 @@ class LMJudge:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"judge {self.name}: the answer label {text!r} is {len(ids)} tokens; it must be one")
+        return ids[0]
+
+    def _first_token(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"judge {self.name}: the answer word {text!r} has no tokens")
         return ids[0]
 
     @cached_property
@@ -227,6 +263,13 @@ class LMJudge:
             principle=self.principle, prompt=self._prompt_text(prompt), open=OPEN, close=CLOSE,
             response=_neutralise(response, self.max_response_chars))
         return self._wrap(body, "\nRating:")
+
+    def render_pointwise(self, prompt, response: str) -> str:
+        """The judge's input text for the pointwise question about one response."""
+        body = self.pointwise_template.format(
+            principle=self.principle, prompt=self._prompt_text(prompt), open=OPEN, close=CLOSE,
+            response=_neutralise(response, self.max_response_chars), yes=self.answers[0], no=self.answers[1])
+        return self._wrap(body, "\nAnswer:")
 
     def _key(self, kind, text: str) -> str:
         """Content hash of (judge, its weights, what is asked, the input text)."""
@@ -275,6 +318,16 @@ class LMJudge:
         """P(label A) for each rendered judge input, from the softmax over the two label logits."""
         return self._cached([self._key("pair", t) for t in texts], texts, self._label_probs)
 
+    def _log_odds(self, texts: list[str]) -> list[float]:
+        enc = self._encode(texts)
+        logits = self._last_logits(enc["input_ids"], enc["attention_mask"])  # (B, V)
+        return (logits[:, self.answer_ids[0]] - logits[:, self.answer_ids[1]]).tolist()  # log P(yes) - log P(no)
+
+    def pointwise_scores(self, prompts: list, responses: list[str]) -> list[float]:
+        """Each response's log-odds of the yes-word over the no-word, s = log P(yes) - log P(no)."""
+        texts = [self.render_pointwise(p, r) for p, r in zip(prompts, responses)]
+        return self._cached([self._key(["pointwise", self.answers], t) for t in texts], texts, self._log_odds)
+
     def _expected_scores(self, texts: list[str]) -> list[float]:
         enc = self._encode(texts)
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, L), left-padded
@@ -298,7 +351,10 @@ class LMJudge:
         return self._cached([self._key(["score", self.scores], t) for t in texts], texts, self._expected_scores)
 
     def judge(self, prompts: list, first: list[str], second: list[str]) -> Judgement:
-        """Both orders of every pair, averaged."""
+        """Both orders of every pair, averaged (pairwise); sigmoid(scale * (s_first - s_second)) (pointwise)."""
+        if self.mode == "pointwise":
+            s1, s2 = self.pointwise_scores(prompts, first), self.pointwise_scores(prompts, second)
+            return Judgement([1.0 / (1.0 + math.exp(-self.scale * (a - b))) for a, b in zip(s1, s2)], [], [])
         ab = self.prob_a([self.render(p, a, b) for p, a, b in zip(prompts, first, second)])
         ba = self.prob_a([self.render(p, b, a) for p, a, b in zip(prompts, first, second)])
         return Judgement([(x + 1.0 - y) / 2 for x, y in zip(ab, ba)], ab, ba)

@@ -115,6 +115,9 @@ class Loss(nn.Module):
     needs_reference: ClassVar[bool]
     model_output: ClassVar[str] = "logps"
     prepend_bos: ClassVar[bool] = False
+    # "logps" losses read completion log-probs; one that also reads the prompt's (ORPO's NLL) says so, and
+    # only then do the prompt positions go through the LM head
+    needs_all_token_logps: bool = False
 
     def forward(self, policy, reference) -> LossOutput:  # pragma: no cover
         raise NotImplementedError

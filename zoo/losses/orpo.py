@@ -84,6 +84,7 @@ class ORPOLoss(Loss):
             raise ValueError(f"algo.loss.beta must be > 0, got {beta} (ORPO's lambda, the odds-ratio weight)")
         self.beta = beta
         self.nll_on_prompt = nll_on_prompt
+        self.needs_all_token_logps = nll_on_prompt  # the NLL term reads the prompt tokens' log-probs too
 
     def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None) -> LossOutput:
         token_logps = policy.token_logps.float() * policy.completion_mask  # (2B, T-1)

@@ -1,0 +1,75 @@
+"""Label log-probs without the full-vocabulary logits (``zoo.models.token_logps``): the chunked path gives
+the numbers and the gradients of ``log_softmax(model(x).logits)`` gathered at the labels, at the positions
+asked for, with and without LoRA, and only those positions reach the LM head."""
+
+import pytest
+import torch
+
+from zoo import models
+from zoo.models import apply_lora, load_causal_lm, sequence_logps, token_logps
+from zoo.world import paths
+
+
+def reference_logps(model, input_ids, attention_mask, temperature=1.0):
+    """The textbook computation: full logits, log-softmax, gather."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 1000, (3, 11))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 8:] = 0  # right padding
+    positions = torch.zeros(3, 10)
+    positions[:, 4:] = 1  # the "completion"
+    positions[1, 7:] = 0  # no label past the padding
+    return input_ids, attention_mask, positions
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_chunked_logps_equal_the_full_log_softmax_with_gradients(batch, lora, monkeypatch):
+    """Chunks of 4 positions (15 wanted positions -> 4 chunks, the last one partial); temperature 0.7."""
+    monkeypatch.setattr(models, "LOGITS_CHUNK", 4)
+    input_ids, attention_mask, positions = batch
+    model = load_causal_lm(str(paths.MODEL))
+    if lora:
+        model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+        for name, p in model.named_parameters():  # LoRA's B starts at zero: make the adapters matter
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05)
+    assert models._trunk_and_head(model) is not None  # the chunked path, not the fallback
+    fast = token_logps(model, input_ids, attention_mask, 0.7, positions)
+    slow = reference_logps(model, input_ids, attention_mask, 0.7) * positions
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
+    assert fast[positions == 0].abs().max() == 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads_fast = torch.autograd.grad(fast.sum(), trainable)
+    grads_slow = torch.autograd.grad(slow.sum(), trainable)
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)  # float sums in another order
+
+
+def test_only_the_asked_positions_reach_the_lm_head(batch):
+    input_ids, attention_mask, positions = batch
+    model = load_causal_lm(str(paths.MODEL))
+    rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        token_logps(model, input_ids, attention_mask, positions=positions)
+    assert sum(rows) == int(positions.sum()) == 15  # not 3 x 10 (and not the 3 x 11 of a full forward)
+
+
+def test_sequence_logps_reads_prompt_tokens_only_when_asked(batch):
+    """all_tokens=True adds every real token's log-prob (ORPO's NLL over the prompt), the same numbers."""
+    input_ids, attention_mask, positions = batch
+    completion_mask = torch.cat([torch.zeros(3, 1), positions], dim=1)  # collated masks are (N, T)
+    model = load_causal_lm(str(paths.MODEL))
+    b = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    with torch.no_grad():
+        completion_only, everything = sequence_logps(model, b), sequence_logps(model, b, all_tokens=True)
+        full = reference_logps(model, input_ids, attention_mask)
+    assert completion_only.all_token_logps is None
+    torch.testing.assert_close(completion_only.token_logps, everything.token_logps)
+    torch.testing.assert_close(everything.all_token_logps, full * attention_mask[:, 1:], atol=2e-5, rtol=1e-5)
