@@ -11,7 +11,7 @@ from zoo.config import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "zoo" / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
-EXPECTED_YAML_FILES = 42  # update when a config is added: the glob must not silently find nothing
+EXPECTED_YAML_FILES = 55  # update when a config is added: the glob must not silently find nothing
 
 
 def compose_train(overrides=()):
@@ -35,7 +35,8 @@ def test_every_group_file_composes(path):
 
 @pytest.mark.parametrize("path", sorted((CONF / "compare").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_comparison_plan_composes_and_names_existing_arms(path):
-    """compare/*.yaml compose from compare.yaml (not train.yaml), and every arm a sweep names exists."""
+    """compare/*.yaml compose from compare.yaml (not train.yaml); every sweep names an arm or an algo (one with
+    no comparison arm runs at its single-run budget), and every arm it names exists."""
     from zoo.compare import split_top_level, sweep_size
     from zoo.config import compose_compare_config
 
@@ -43,7 +44,8 @@ def test_every_comparison_plan_composes_and_names_existing_arms(path):
     sweeps = OmegaConf.to_container(plan.sweeps, resolve=False)
     assert sweeps and all(sweep_size(sweep) for sweep in sweeps)
     arms = {arm for sweep in sweeps for o in sweep if o.startswith("arm=") for arm in split_top_level(o[4:])}
-    assert arms and all((CONF / "compare" / "arm" / f"{arm}.yaml").exists() for arm in arms)
+    assert all(any(o.startswith(("arm=", "algo=")) for o in sweep) for sweep in sweeps)
+    assert all((CONF / "compare" / "arm" / f"{arm}.yaml").exists() for arm in arms)
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "compare" / "arm").glob("*.yaml")), ids=lambda p: p.stem)
@@ -129,3 +131,16 @@ def test_every_algo_declares_known_stages(path):
 
     stages = list(compose_train([f"algo={path.stem}"]).algo.stages)
     assert "reference" in stages and set(stages) <= set(STAGE_NAMES)
+
+
+def test_lora_presets_apply_only_under_lora_and_yield_to_the_command_line():
+    """conf/tuning/lora/<algo>.yaml is merged when peft=lora (after the trainer and algo groups): each preset's
+    learning rate is the one the run gets; peft=none keeps the trainer's; the command line still wins."""
+    presets = sorted((CONF / "tuning" / "lora").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"sft", "dpo", "ipo", "kto", "orpo", "reward", "ppo", "rlaif", "online_dpo",
+                                         "d_rlaif"}
+    for preset in presets:
+        wanted = OmegaConf.load(preset).trainer.learning_rate
+        full = compose_train([f"algo={preset.stem}"]).trainer.learning_rate
+        assert compose_train([f"algo={preset.stem}", "peft=lora"]).trainer.learning_rate == wanted != full
+        assert compose_train([f"algo={preset.stem}", "peft=lora", "trainer.learning_rate=0.5"]).trainer.learning_rate == 0.5
