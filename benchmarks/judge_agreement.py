@@ -37,7 +37,7 @@ def fit_scale(diffs: list[float], outcomes: list[bool]) -> float:
     for _ in range(50):
         grad = hess = 0.0
         for d, y in zip(diffs, outcomes):
-            p = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a * d))))
+            p = sigmoid(a * d)
             grad += (float(y) - p) * d
             hess += p * (1 - p) * d * d
         if hess <= 1e-12:
@@ -61,6 +61,10 @@ def calibration(probs: list[float], outcomes: list[bool], bins: int = 5) -> dict
         if inside:
             ece += len(inside) / n * abs(sum(p for p, _ in inside) / len(inside) - sum(y for _, y in inside) / len(inside))
     return {"log_loss": log_loss, "brier": brier, "ece": ece, "n": n}
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
 
 
 def logit(p: float) -> float:
@@ -119,8 +123,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         agree = lambda rows: sum((diff[i] > 0) == outcome[i] for i in rows) / len(rows) if rows else float("nan")
         scale = fit_scale([diff[i] for i in fit_half], [outcome[i] for i in fit_half])
-        calibrated = [1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, scale * diff[i])))) for i in test_half]
-        raw = [1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, diff[i])))) for i in test_half]
+        calibrated = [sigmoid(scale * diff[i]) for i in test_half]
+        raw = [sigmoid(diff[i]) for i in test_half]
         results["modes"][mode] = {
             "agreement_with_gold": agree(decided), "agreement_clear_pairs": agree(clear), "position_bias": bias,
             "ties": sum(d == 0 for d in diff), "fitted_scale": scale,

@@ -171,10 +171,15 @@ def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return trunk, head
 
 
-def _chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(K,) log p(label) at K positions: (K, H) hidden states -> (K, V) logits -> gather - logsumexp."""
-    logits = head(hidden).float() / temperature  # (K, V)
+def _label_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(...) log p(label) from (..., V) logits: the label's logit minus the logsumexp, in float32."""
+    logits = logits.float() / temperature
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(K,) log p(label) at K positions: (K, H) hidden states -> (K, V) logits."""
+    return _label_logps(head(hidden), labels, temperature)
 
 
 def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -193,9 +198,8 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     labels = input_ids[:, 1:]  # (N, T-1)
     parts = _trunk_and_head(model)
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        logits = logits.float() / temperature  # (N, T-1, V)
-        out = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (N, T-1, V)
+        out = _label_logps(logits, labels, temperature)
         return out * positions.to(out.dtype)
     trunk, head = parts
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
@@ -438,6 +442,6 @@ def policy_value_outputs(model: nn.Module, batch: dict):
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # (N, T-1) response tokens
     logps, values = model(batch["input_ids"], batch["attention_mask"], batch["temperature"], mask)
     return PolicyValueOutput(
-        policy=SequenceLogps(token_logps=logps * mask, completion_mask=mask), values=values * mask,
+        policy=SequenceLogps(token_logps=logps, completion_mask=mask), values=values * mask,  # logps: 0 off the mask
         old_logps=batch["old_logps"], old_values=batch["old_values"], ref_logps=batch["ref_logps"],
         advantages=batch["advantages"], returns=batch["returns"], kl_coef=batch["kl_coef"])

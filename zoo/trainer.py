@@ -27,7 +27,6 @@ the newest one.
 from __future__ import annotations
 
 import functools
-
 import json
 import shutil
 import time

@@ -309,19 +309,22 @@ class LMJudge:
                 f.writelines(json.dumps(entry) + "\n" for entry in new)
         return [self.cache[k] for k in keys]
 
-    def _label_probs(self, texts: list[str]) -> list[float]:
+    def _answer_logits(self, texts: list[str], token_ids: list[int]) -> torch.Tensor:
+        """(B, 2) the next-token logits of two answer tokens after each rendered judge input."""
         enc = self._encode(texts)
-        logits = self._last_logits(enc["input_ids"], enc["attention_mask"])  # (B, V)
-        return torch.softmax(logits[:, self.label_ids], dim=-1)[:, 0].tolist()  # P(A) = softmax(logit_A, logit_B)[0]
+        return self._last_logits(enc["input_ids"], enc["attention_mask"])[:, token_ids]
+
+    def _label_probs(self, texts: list[str]) -> list[float]:
+        logits = self._answer_logits(texts, self.label_ids)  # (B, 2)
+        return torch.softmax(logits, dim=-1)[:, 0].tolist()  # P(A) = softmax(logit_A, logit_B)[0]
 
     def prob_a(self, texts: list[str]) -> list[float]:
         """P(label A) for each rendered judge input, from the softmax over the two label logits."""
         return self._cached([self._key("pair", t) for t in texts], texts, self._label_probs)
 
     def _log_odds(self, texts: list[str]) -> list[float]:
-        enc = self._encode(texts)
-        logits = self._last_logits(enc["input_ids"], enc["attention_mask"])  # (B, V)
-        return (logits[:, self.answer_ids[0]] - logits[:, self.answer_ids[1]]).tolist()  # log P(yes) - log P(no)
+        logits = self._answer_logits(texts, self.answer_ids)  # (B, 2)
+        return (logits[:, 0] - logits[:, 1]).tolist()  # log P(yes) - log P(no)
 
     def pointwise_scores(self, prompts: list, responses: list[str]) -> list[float]:
         """Each response's log-odds of the yes-word over the no-word, s = log P(yes) - log P(no)."""

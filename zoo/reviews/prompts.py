@@ -32,14 +32,11 @@ def request(opening: str) -> list[dict]:
 
 def build() -> dict[str, list[dict]]:
     """Each asset's rows: distinct openings in their first order, none of the eval ones among the training ones."""
-    eval_openings = {json.loads(line)["prompt"] for line in FILES[1][1].read_text().splitlines()}
-    out = {}
-    for name, source in FILES:
-        openings = list(dict.fromkeys(json.loads(line)["prompt"] for line in source.read_text().splitlines()))
-        if name == "prompts.jsonl":
-            openings = [o for o in openings if o not in eval_openings]
-        out[name] = [{"prompt": request(o), "opening": o} for o in openings]
-    return out
+    openings = {name: list(dict.fromkeys(json.loads(line)["prompt"] for line in source.read_text().splitlines()))
+                for name, source in FILES}
+    held_out = set(openings["eval_prompts.jsonl"])
+    openings["prompts.jsonl"] = [o for o in openings["prompts.jsonl"] if o not in held_out]
+    return {name: [{"prompt": request(o), "opening": o} for o in rows] for name, rows in openings.items()}
 
 
 def write(directory: Path = ASSETS) -> None:
