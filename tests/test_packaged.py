@@ -188,5 +188,6 @@ def test_every_algorithm_runs_under_qlora_on_the_smollm2_shape(algo, converted, 
     else:  # the policy's replies were sampled and scored: gold, the held-out scorer, NLL and repetition
         assert metrics["num_eval_prompts"] == 4 and "textblob" in metrics["other_rewards"]
         assert metrics["nll_under_ref"] > 0 and 0.0 <= metrics["repeated_3grams"] <= 1.0
+        assert metrics["fluency"] == -metrics["nll_under_ref"]  # no grammar: DESIGN's fluency is the log-likelihood
     if algo == "rlaif":
         assert metrics["feedback"] == "smollm2-judge" and "feedback_position_bias" not in metrics

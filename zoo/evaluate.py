@@ -14,8 +14,9 @@ On held-out prompts, one sample per prompt from the policy and one from the refe
   the policy's samples under the reference; ``ref_nll_under_ref`` of the reference's own) and
   ``repeated_3grams`` (the fraction of a sample's word 3-grams that repeat an earlier one in it, averaged;
   ``ref_repeated_3grams``);
-- with a task that has them: ``fluency`` (the world's grammar: fraction of grammatical prompt + completion
-  texts) and ``other_rewards`` (scorers the task keeps out of training, e.g. another sentiment lexicon:
+- ``fluency``: with a task that has a grammar (the world's), the fraction of grammatical prompt +
+  completion texts; otherwise the mean per-token log-likelihood under the reference (``-nll_under_ref``);
+- with a task that has them: ``other_rewards`` (scorers the task keeps out of training, e.g. another sentiment lexicon:
   policy mean, reference mean and win rate for each).
 """
 
@@ -137,6 +138,8 @@ def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tok
     if hasattr(task, "fluency"):  # the task's own check (the world's grammar reads prompt + completion)
         for key, texts in (("fluency", policy_samples.texts), ("ref_fluency", reference_samples.texts)):
             metrics[key] = sum(task.fluency(prompts, texts)) / len(prompts)
+    else:  # no grammar (DESIGN sec. 3 names fluency for every run): the mean per-token log-likelihood under the reference
+        metrics["fluency"] = -metrics["nll_under_ref"]
     if hasattr(task, "other_rewards"):  # scorers kept out of training: does a gain carry over to them?
         mine, theirs = task.other_rewards(policy_samples.texts), task.other_rewards(reference_samples.texts)
         metrics["other_rewards"] = {name: {"mean": sum(mine[name]) / len(prompts),
