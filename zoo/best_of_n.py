@@ -43,7 +43,7 @@ from hydra.utils import instantiate
 from zoo.builders import reward_model_scorer
 from zoo.config import portable
 from zoo.data.load import read_rows
-from zoo.evaluate import distinct_n, normal_ci_over_prompts
+from zoo.evaluate import completion_logps, distinct_n, normal_ci_over_prompts, repeated_ngram_rate
 from zoo.models import load_causal_lm, load_tokenizer
 from zoo.rollout import sample
 from zoo.stages import prepare
@@ -145,11 +145,20 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     scorer = reward_model_scorer(cfg, model, reward_path, tokenizer)
     scores = scorer(pool_prompts, pool.texts, next(model.parameters()).device).cpu()
     gold = torch.tensor(task.gold_reward(pool.texts), dtype=torch.float64)
-    grammatical = torch.tensor([float(ok) for ok in task.fluency(pool_prompts, pool.texts)])
+    # the hacking signals every evaluation reports: each sample's NLL under the reference (the pool's own
+    # model) and its repeated 3-grams; the task's grammar when it has one
+    ref_logps, _ = completion_logps(model, pool, tokenizer.pad_token_id, cfg.eval.batch_size)
+    repeats = torch.tensor([repeated_ngram_rate([text]) for text in pool.texts], dtype=torch.float64)
+    grammatical = (torch.tensor([float(ok) for ok in task.fluency(pool_prompts, pool.texts)])
+                   if hasattr(task, "fluency") else None)
+    others = {name: torch.tensor(values, dtype=torch.float64)
+              for name, values in (task.other_rewards(pool.texts) if hasattr(task, "other_rewards") else {}).items()}
     seconds = time.perf_counter() - started
     # (P, M) views: row = prompt, column = pool sample
-    scores, gold = scores.view(p, m), gold.view(p, m)
-    lengths, grammatical = lengths.view(p, m).double(), grammatical.view(p, m)
+    scores, gold, lengths = scores.view(p, m), gold.view(p, m), lengths.view(p, m).double()
+    nll_sums, repeats = -ref_logps.view(p, m).double(), repeats.view(p, m)
+    grammatical = grammatical.view(p, m) if grammatical is not None else None
+    others = {name: values.view(p, m) for name, values in others.items()}
     wins = win_probs(gold)
     texts = [pool.texts[i * m:(i + 1) * m] for i in range(p)]
 
@@ -169,13 +178,25 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
             "win_rate_vs_ref": sum(expectations(weights, wins)) / p,
             "rm_score": sum(expectations(weights, scores)) / p,
             "mean_length": sum(expectations(weights, lengths)) / p,
-            "fluency": sum(expectations(weights, grammatical)) / p,
+            # per token, as evaluate's: expected NLL summed over a reply / expected reply length
+            "nll_under_ref": sum(expectations(weights, nll_sums)) / max(1.0, sum(expectations(weights, lengths))),
+            "ref_nll_under_ref": (nll_sums.sum() / lengths.sum().clamp(min=1)).item(),
+            "repeated_3grams": sum(expectations(weights, repeats)) / p,
+            "ref_repeated_3grams": repeats.mean().item(),
             "distinct_2": distinct_n(shown),
             "train_seconds": 0.0,  # nothing is trained: the cost is n samples + n RM calls per prompt at inference
             "pool_seconds": seconds, "samples_per_prompt": n, "pool_size": m, "num_eval_prompts": p,
             "reference": portable(reference_path, cfg.stages.cache_dir),
             "reward_model": portable(reward_path, cfg.stages.cache_dir),
         }
+        # fluency as evaluate's: the task's grammar, else the mean per-token log-likelihood under the reference
+        metrics["fluency"] = (sum(expectations(weights, grammatical)) / p if grammatical is not None
+                              else -metrics["nll_under_ref"])
+        if others:  # scorers kept out of training, as evaluate reports them
+            metrics["other_rewards"] = {name: {"mean": sum(expectations(weights, values)) / p,
+                                               "ref_mean": values.mean().item(),
+                                               "win_rate_vs_ref": sum(expectations(weights, win_probs(values))) / p}
+                                        for name, values in others.items()}
         run_dir = out_dir / ("sft" if n == 1 else f"best_of_{n}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -170,11 +170,17 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
     """The frozen reward model at ``reward_path`` as a rollout scorer: an adapter (+ head) on the policy's
     own base when it is a LoRA reward model, else a separate model."""
     m = cfg.model
-    if is_adapter_dir(reward_path):
+    if is_adapter_dir(reward_path) and hasattr(policy, "peft_config"):
         reward = adapter_reward_model(policy, reward_path, policy.config.hidden_size)
         score_fn = reward.scores
     else:
-        reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
+        if is_adapter_dir(reward_path):  # a LoRA RM beside a plain model (best-of-N's reference): on its own base
+            from peft import PeftModel
+
+            base = load_reward_model(policy.config.name_or_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
+            reward = PeftModel.from_pretrained(base, reward_path)  # SEQ_CLS: restores the trained head too
+        else:
+            reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
         reward.eval().requires_grad_(False)
         score_fn = functools.partial(last_token_scores, reward)  # (ids, mask) -> (N,), as it was trained
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)

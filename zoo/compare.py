@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     overrides = list(argv)
     plan = compose_compare_config([o for o in overrides if is_compare_override(o)])
-    passed = run_overrides(overrides)
+    passed = [*plan.overrides, *run_overrides(overrides)]  # the plan's own first: the command line's win
     cfg = compose_train_config([o for o in passed if not is_hydra_override(o)])  # hydra.*: for the runs
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,8 @@ def main(argv: list[str]) -> int:
     seeds = list(plan.seeds)
     phases: dict[str, float] = {}
     record = {"command": "zoo compare " + shlex.join(overrides), **git_commit(), "machine": machine(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sweeps": sweeps, "seeds": seeds, "phases": phases}
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "overrides": list(plan.overrides), "sweeps": sweeps,
+              "seeds": seeds, "phases": phases}
     (out / "compare.json").write_text(json.dumps(record, indent=2))
 
     # 1. the shared stages, once per feedback source

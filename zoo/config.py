@@ -181,6 +181,9 @@ class CompareConfig:
     # interpolations such as tag=beta${algo.loss.beta} resolve in each run); `arm=X` picks a comparison budget
     # of conf/compare/arm/
     sweeps: list[list[str]] = field(default_factory=list)
+    # `zoo train` overrides the whole plan runs under (model=smollm2_135m, peft=lora, stages.*): the shared
+    # stages, best-of-N and every run get them, before the command line's own
+    overrides: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     feedback: list[str] = field(default_factory=lambda: ["gold"])  # shared stages are built for each, first
     best_of_n: list[int] = field(default_factory=list)  # N values; 1 is the SFT reference's own row; [] skips
