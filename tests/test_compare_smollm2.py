@@ -64,8 +64,8 @@ def test_every_method_starts_from_the_same_model_pairs_and_eval(plan_name, no_fe
         ("rlaif", "smollm2-judge"), ("ppo", "gold")}
     assert {r.feedback.name for r in runs if r.algo.name not in ("rlaif",)} == {"gold"}
     assert list(plan.feedback) == ["gold", "smollm2_judge"]  # both reward models built before the runs
-    # best-of-N reads the runs' eval prompts and never asks for more samples than its pool has
-    assert plan.best_of_n_prompts == run.eval.num_prompts and max(plan.best_of_n) <= plan.best_of_n_pool
+    # best-of-N reads (the first of) the runs' eval prompts and never asks for more samples than its pool has
+    assert plan.best_of_n_prompts <= run.eval.num_prompts and max(plan.best_of_n) <= plan.best_of_n_pool
 
 
 def test_the_cpu_preset_is_one_seed_on_shortened_budgets(no_fetch):
@@ -75,7 +75,7 @@ def test_the_cpu_preset_is_one_seed_on_shortened_budgets(no_fetch):
         single = compose_train_config(["model=smollm2_135m", "peft=lora", f"algo={run.algo.name}",
                                        f"stages.cache_dir={no_fetch}"])
         assert run.trainer.max_steps < single.trainer.max_steps
-    assert runs[0].stages.preferences.num_prompts == 512 and runs[0].eval.num_prompts == 128
+    assert runs[0].stages.preferences.num_prompts == 384 and runs[0].eval.num_prompts == 128
 
 
 def test_the_gpu_preset_is_three_seeds_at_the_single_run_budgets(no_fetch):
@@ -165,12 +165,32 @@ def test_best_of_n_reports_what_every_run_reports_on_a_task_without_a_grammar(sm
     out, proc = smollm2_compared
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {p.parent.name: json.loads(p.read_text()) for p in (out / "best_of_n").rglob("metrics.json")}
-    assert set(rows) == {"sft", "best_of_2", "best_of_4"}
+    assert set(rows) == {"reference", "best_of_2", "best_of_4"}  # no SFT stage: N = 1 is the model as given
     for row in rows.values():
         assert row["fluency"] == -row["nll_under_ref"] and row["nll_under_ref"] > 0
         assert set(row["other_rewards"]) == {"textblob"}
-    ref = rows["sft"]
+    ref = rows["reference"]
     assert ref["nll_under_ref"] == pytest.approx(ref["ref_nll_under_ref"])
     assert ref["repeated_3grams"] == pytest.approx(ref["ref_repeated_3grams"])
     assert ref["other_rewards"]["textblob"]["mean"] == pytest.approx(ref["other_rewards"]["textblob"]["ref_mean"])
     assert ref["other_rewards"]["textblob"]["win_rate_vs_ref"] == pytest.approx(0.5)
+
+
+def test_the_notebook_executes_against_the_smollm2_comparison(smollm2_compared, cache, tmp_path, monkeypatch):
+    """notebooks/explore.ipynb reads a SmolLM2 comparison as it reads the world's: the reference's row is
+    `reference` there, and there is no grammar."""
+    nbformat = pytest.importorskip("nbformat")  # in the test extra: CI always runs this
+    from nbclient import NotebookClient
+
+    out, proc = smollm2_compared
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notebook_path = Path(__file__).parent.parent / "notebooks" / "explore.ipynb"
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for key, value in (("ZOO_RUNS", out), ("ZOO_CACHE", cache), ("ZOO_NOTEBOOK_RUN_DIR", tmp_path / "dpo")):
+        monkeypatch.setenv(key, str(value))  # the kernel inherits them
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook_path.parent)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| reference/none |" in shown and "| dpo/gold |" in shown and "| rlaif/smollm2-judge |" in shown

@@ -439,3 +439,35 @@ def test_a_figure_that_fails_is_reported_and_the_rest_still_written(tmp_path, mo
     assert [path.name for path in paths] == ["results.csv", "report.md", "win_rates.png", "curves.png"]
     assert "- frontier.png: not drawn (ValueError: bad bars)" in (tmp_path / "out" / "report.md").read_text()
     assert "frontier.png not drawn: ValueError: bad bars" in capsys.readouterr().err
+
+
+def test_held_out_scorers_get_columns_a_table_and_seed_cis(tmp_path):
+    """other_rewards (a task's scorers no loss reads) are aggregated over seeds like gold, written to results.csv
+    and shown beside NLL under the reference and repeated 3-grams; a world-only report keeps its columns."""
+    for seed, (mean, win) in enumerate([(0.2, 0.6), (0.4, 0.8)]):
+        write_run(tmp_path / "runs", f"dpo-seed{seed}", seed=seed, gold_reward=eval_dict(0.5), nll_under_ref=3.0 + seed,
+                  repeated_3grams=0.01, other_rewards={"textblob": {"mean": mean, "ref_mean": 0.1, "win_rate_vs_ref": win}})
+    write_run(tmp_path / "runs", "kto-seed0", algo="kto", gold_reward=eval_dict(0.4))  # ran without the scorer
+    runs = collect_runs([tmp_path / "runs"])
+    rows = aggregate(runs)
+    dpo, kto = row_for(rows, "dpo", "gold"), row_for(rows, "kto", "gold")
+    assert dpo["other_rewards.textblob"]["mean"] == pytest.approx(0.3)
+    assert dpo["other_rewards.textblob.win_rate_vs_ref"]["ci_high"] - 0.7 == pytest.approx(T_975[1] * 0.1)
+    assert dpo["nll_under_ref"]["mean"] == pytest.approx(3.5) and kto["other_rewards.textblob"] is None
+    write_report(runs, tmp_path / "out")
+    with open(tmp_path / "out" / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[-8:-4] == ["other_rewards.textblob_mean", "other_rewards.textblob_ci_low",
+                                            "other_rewards.textblob_ci_high", "other_rewards.textblob_n"]
+        assert float(next(reader)["other_rewards.textblob.win_rate_vs_ref_mean"]) == pytest.approx(0.7)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Beyond the gold reward" in report
+    assert "| textblob | textblob win rate | NLL under ref | repeated 3-grams |" in report
+    assert "| dpo | gold | 2 | 0.300 ± 1.271 | 0.700 ± 1.271 | 3.50 ± 6.35 | 0.010 ± 0.000 |" in report
+
+    write_run(tmp_path / "world", "dpo-seed0", gold_reward=eval_dict(0.5))
+    world = aggregate(collect_runs([tmp_path / "world"]))
+    write_report(collect_runs([tmp_path / "world"]), tmp_path / "world_out")
+    assert "Beyond the gold reward" not in (tmp_path / "world_out" / "report.md").read_text()
+    with open(tmp_path / "world_out" / "results.csv") as f:
+        assert csv.DictReader(f).fieldnames == csv_columns() and not any("other_rewards" in k for k in world[0])

@@ -117,12 +117,12 @@ def expectations(weights: torch.Tensor, values: torch.Tensor) -> list[float]:
 
 
 def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size: int) -> list[dict]:
-    """Best-of-N for each N in ``ns`` (N = 1 is the SFT reference itself) on the first ``num_prompts``
+    """Best-of-N for each N in ``ns`` (N = 1 is the reference itself) on the first ``num_prompts``
     eval prompts, selected by the reward model of ``cfg``'s feedback (the cached reward stage).
 
-    Writes one run dir per N under ``out_dir`` (``sft/`` for N = 1, ``best_of_N/`` otherwise) with
-    metrics.json in the run-dir contract, so ``zoo report`` reads them next to trained policies, and
-    samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
+    Writes one run dir per N under ``out_dir`` (``sft/`` for N = 1, ``reference/`` on a task without an SFT
+    stage, ``best_of_N/`` otherwise) with metrics.json in the run-dir contract, so ``zoo report`` reads them
+    next to trained policies, and samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
     Returns the metrics written."""
     if cfg.data.metrics is None:
         raise ValueError(f"best-of-N is measured by gold reward, which data={cfg.data.name} does not have "
@@ -162,13 +162,15 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     wins = win_probs(gold)
     texts = [pool.texts[i * m:(i + 1) * m] for i in range(p)]
 
+    # N = 1 is the reference itself: the SFT stage's policy where the task has one, else the model as given
+    reference_name = "sft" if cfg.data.sft_stage else "reference"
     written = []
     for n in ns:
         weights = subset_keep_probs(scores, n)  # unbiased for best-of-n's rewards; the KL uses keep_probs
         best_of_first_n = scores[:, :n].argmax(-1).tolist()  # one realisation, for samples.jsonl
         shown = [texts[i][j] for i, j in enumerate(best_of_first_n)]
         metrics = {
-            "algo": "sft" if n == 1 else "best_of_n", "feedback": "none" if n == 1 else cfg.feedback.name,
+            "algo": reference_name if n == 1 else "best_of_n", "feedback": "none" if n == 1 else cfg.feedback.name,
             "tag": "" if n == 1 else f"N={n}", "n": n, "model": cfg.model.name, "data": cfg.data.name,
             "seed": cfg.seed, "status": "finished",
             "gold_reward": normal_ci_over_prompts(expectations(weights, gold)),
@@ -197,7 +199,7 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
                                                "ref_mean": values.mean().item(),
                                                "win_rate_vs_ref": sum(expectations(weights, win_probs(values))) / p}
                                         for name, values in others.items()}
-        run_dir = out_dir / ("sft" if n == 1 else f"best_of_{n}")
+        run_dir = out_dir / (reference_name if n == 1 else f"best_of_{n}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         with open(run_dir / "samples.jsonl", "w") as f:

@@ -178,7 +178,8 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
             from peft import PeftModel
 
             base = load_reward_model(policy.config.name_or_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
-            reward = PeftModel.from_pretrained(base, reward_path)  # SEQ_CLS: restores the trained head too
+            # SEQ_CLS restores the trained head too; merged, a forward costs what the plain model's does
+            reward = PeftModel.from_pretrained(base, reward_path).merge_and_unload()
         else:
             reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
         reward.eval().requires_grad_(False)

@@ -12,7 +12,9 @@ USAGE = """usage: zoo <command> [args]
 commands:
   train [overrides]     one run (Hydra overrides: algo=ipo trainer.max_steps=50 ...); -m for a multirun sweep
   compare [overrides]   the preset comparison (all algorithms x 3 seeds + best-of-N) and its report;
-                        compare=frontier sweeps beta / KL coefficient per algorithm
+                        compare=frontier sweeps beta / KL coefficient per algorithm; compare=smollm2 is
+                        the comparison on SmolLM2-135M-Instruct (1 seed, 2 CPU cores), compare=smollm2_gpu
+                        its full size (3 seeds, a GPU)
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)

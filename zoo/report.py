@@ -3,10 +3,12 @@
 Reads every ``metrics.json`` (and its sibling ``log.jsonl``) under the given directories, groups the runs by
 (algo, feedback), and writes to the output directory:
 
-- ``results.csv``: one row per group; for each metric in ``REPORT_METRICS`` the mean over the finished seeds,
-  a 95% Student-t confidence interval of that mean, and the number of runs that reported it;
-- ``report.md``: the same numbers as a markdown table ("mean ± half-width"), the failed runs with their errors,
-  the run dirs that could not be read, and the figures;
+- ``results.csv``: one row per group; for each metric in ``REPORT_METRICS`` (and each held-out scorer of the
+  task, ``other_rewards``) the mean over the finished seeds, a 95% Student-t confidence interval of that mean,
+  and the number of runs that reported it;
+- ``report.md``: the same numbers as markdown tables ("mean ± half-width"; the held-out scorers and the signs
+  of hacking in a second one), the failed runs with their errors, the run dirs that could not be read, and
+  the figures;
 - ``frontier.png``, ``win_rates.png``, ``curves.png`` when matplotlib is installed (a dependency; a stripped install without it still writes the tables).
 """
 
@@ -24,7 +26,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REPORT_METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "judge_win_rate_vs_ref", "mean_length",
-                  "distinct_2", "fluency", "train_seconds", "peak_memory_mb", "kl_bound")
+                  "distinct_2", "fluency", "nll_under_ref", "repeated_3grams", "train_seconds", "peak_memory_mb",
+                  "kl_bound")
+# A task's held-out scorers (metrics.json's other_rewards, e.g. the reviews task's TextBlob) are reported too,
+# as "other_rewards.NAME" (the policy's mean) and "other_rewards.NAME.win_rate_vs_ref", after REPORT_METRICS.
+OTHER_REWARDS = "other_rewards"
 
 # The markdown table's columns after algo | feedback | seeds: (metric, header, decimals). Seconds and
 # megabytes are shown whole: their seed-to-seed spread is far above one unit.
@@ -155,8 +161,12 @@ def t_ci_over_seeds(values: Sequence[float]) -> dict | None:
 
 def run_value(run: dict, metric: str) -> float | None:
     """The run's value of ``metric``: the number itself, or the "mean" of an evaluation dict (gold_reward,
-    kl_to_ref: their own CIs are over eval prompts, not seeds); None when absent or not a number."""
-    value = run.get(metric)
+    kl_to_ref: their own CIs are over eval prompts, not seeds); None when absent or not a number. A held-out
+    scorer's metric is a path into other_rewards: "other_rewards.textblob" (its mean),
+    "other_rewards.textblob.win_rate_vs_ref"."""
+    value = run
+    for key in metric.split(".", 2) if metric.startswith(OTHER_REWARDS + ".") else [metric]:
+        value = value.get(key) if isinstance(value, dict) else None
     if isinstance(value, dict):
         value = value.get("mean")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -189,9 +199,23 @@ def group_runs(runs: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
     return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], natural(item[0][2]))))
 
 
+def other_reward_metrics(runs: Sequence[dict]) -> list[str]:
+    """The held-out scorers' metrics the runs report: "other_rewards.NAME" and its win rate, by NAME."""
+    names = sorted({name for run in runs for name in (run.get(OTHER_REWARDS) or {})})
+    return [m for name in names for m in (f"{OTHER_REWARDS}.{name}", f"{OTHER_REWARDS}.{name}.win_rate_vs_ref")]
+
+
+def row_metrics(rows: Sequence[dict]) -> list[str]:
+    """REPORT_METRICS, then the held-out scorers' metrics that ``aggregate`` found in the runs."""
+    extra = sorted({key for row in rows for key in row if key.startswith(OTHER_REWARDS + ".")})
+    return [*REPORT_METRICS, *extra]
+
+
 def aggregate(runs: Sequence[dict]) -> list[dict]:
     """One row per (algo, feedback, tag): algo, feedback, tag, n_seeds (finished runs), n_failed, seeds, and for
-    each metric in REPORT_METRICS its ``t_ci_over_seeds`` over the finished runs that report it (None if none does)."""
+    each metric in REPORT_METRICS (and each held-out scorer's, when any run has one) its ``t_ci_over_seeds``
+    over the finished runs that report it (None if none does)."""
+    metrics = [*REPORT_METRICS, *other_reward_metrics(runs)]
     rows = []
     for (algo, feedback, tag), group in group_runs(runs).items():
         finished = [run for run in group if is_finished(run)]
@@ -199,7 +223,7 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
         row = {"algo": algo, "feedback": feedback, "tag": tag, "n_seeds": len(finished),
                "n_failed": len(group) - len(finished),
                "seeds": sorted((run.get("seed") for run in finished), key=str)}
-        for metric in REPORT_METRICS:
+        for metric in metrics:
             values = [v for v in (run_value(run, metric) for run in finished) if v is not None]
             row[metric] = t_ci_over_seeds(values)
         rows.append(row)
@@ -224,19 +248,19 @@ def _warn_mixed_group(algo: str, feedback: str, finished: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def csv_columns() -> list[str]:
+def csv_columns(metrics: Sequence[str] = REPORT_METRICS) -> list[str]:
     """results.csv's header: the group, its counts, then mean, CI bounds and n for each metric."""
     columns = ["algo", "feedback", "tag", "n_seeds", "n_failed"]
-    for metric in REPORT_METRICS:
+    for metric in metrics:
         columns += [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_n"]
     return columns
 
 
-def csv_row(row: dict) -> dict:
+def csv_row(row: dict, metrics: Sequence[str] = REPORT_METRICS) -> dict:
     """An ``aggregate`` row flattened for results.csv; a missing metric or CI is an empty cell."""
     flat = {key: row[key] for key in ("algo", "feedback", "tag", "n_seeds", "n_failed")}
-    for metric in REPORT_METRICS:
-        stats = row[metric] or {}
+    for metric in metrics:
+        stats = row.get(metric) or {}
         flat[f"{metric}_mean"] = stats.get("mean")
         flat[f"{metric}_ci_low"] = stats.get("ci_low")
         flat[f"{metric}_ci_high"] = stats.get("ci_high")
@@ -246,10 +270,11 @@ def csv_row(row: dict) -> dict:
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     """results.csv; floats are written with repr, so they read back exactly."""
+    metrics = row_metrics(rows)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns())
+        writer = csv.DictWriter(f, fieldnames=csv_columns(metrics))
         writer.writeheader()
-        writer.writerows(csv_row(row) for row in rows)
+        writer.writerows(csv_row(row, metrics) for row in rows)
 
 
 def format_cell(stats: dict | None, decimals: int, n_seeds: int) -> str:
@@ -265,16 +290,29 @@ def format_cell(stats: dict | None, decimals: int, n_seeds: int) -> str:
     return cell
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    """The results as a markdown table, one line per (algo, feedback)."""
-    header = ["algo", "feedback", "seeds", *(title for _, title, _ in TABLE_COLUMNS)]
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, int]] = TABLE_COLUMNS) -> str:
+    """The results as a markdown table, one line per (algo, feedback); ``columns``: (metric, header, decimals)."""
+    header = ["algo", "feedback", "seeds", *(title for _, title, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = str(row["n_seeds"]) + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
         cells = [" ".join(filter(None, (row["algo"], row["tag"]))), row["feedback"], seeds,
-                 *(format_cell(row[metric], decimals, row["n_seeds"]) for metric, _, decimals in TABLE_COLUMNS)]
+                 *(format_cell(row.get(metric), decimals, row["n_seeds"]) for metric, _, decimals in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def beyond_gold_table(rows: Sequence[dict]) -> str | None:
+    """What the gold reward does not show: each held-out scorer's mean and win rate against the reference
+    (no stage or loss reads them), NLL under the reference and repeated 3-grams; None when no run has them."""
+    scorers = [m for m in row_metrics(rows) if m.startswith(OTHER_REWARDS + ".") and not m.endswith(".win_rate_vs_ref")]
+    columns = [column for metric in scorers for column in (
+        (metric, metric.removeprefix(OTHER_REWARDS + "."), 3),
+        (f"{metric}.win_rate_vs_ref", f"{metric.removeprefix(OTHER_REWARDS + '.')} win rate", 3))]
+    columns += [("nll_under_ref", "NLL under ref", 2), ("repeated_3grams", "repeated 3-grams", 3)]
+    if not any(row.get(metric) for row in rows for metric, _, _ in columns):
+        return None
+    return markdown_table(rows, columns)
 
 
 FIGURE_CAPTIONS = {
@@ -333,6 +371,13 @@ def markdown_report(runs: Sequence[dict], rows: Sequence[dict], figures: Sequenc
               "seed; \"(n=k)\" where only k runs report the metric; \"-\" where none does). Gold reward and KL "
               "per run are means over the evaluation prompts.")
     parts = ["# Results", "", legend, "", markdown_table(rows), ""]
+    beyond = beyond_gold_table(rows)
+    if beyond:
+        parts += ["## Beyond the gold reward", "",
+                  "Held-out scorers (the task's `other_rewards`: no stage or loss reads them) with the win rate "
+                  "against the reference by each, and two signs of reward hacking: the mean per-token negative "
+                  "log-likelihood of the policy's samples under the reference, and the fraction of a sample's word "
+                  "3-grams that repeat an earlier one.", "", beyond, ""]
     bon = best_of_n_table(rows)
     if bon:
         parts += ["## Best-of-N from the reference", "",
