@@ -471,3 +471,25 @@ def test_held_out_scorers_get_columns_a_table_and_seed_cis(tmp_path):
     assert "Beyond the gold reward" not in (tmp_path / "world_out" / "report.md").read_text()
     with open(tmp_path / "world_out" / "results.csv") as f:
         assert csv.DictReader(f).fieldnames == csv_columns() and not any("other_rewards" in k for k in world[0])
+
+
+def test_paired_differences_by_hand(tmp_path):
+    """benchmarks/paired_differences.py: the per-prompt differences of two runs on their shared prompts.
+    A - B on prompts p, q, r = 0.5, 0.1, 0.3: mean 0.3, sd 0.2, half-width 1.96 * 0.2 / sqrt(3)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_differences.py"
+    spec = importlib.util.spec_from_file_location("paired_differences", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, golds in (("a", {"p": 0.9, "q": 0.2, "r": 0.4, "s": 1.0}), ("b", {"p": 0.4, "q": 0.1, "r": 0.1})):
+        run = write_run(tmp_path, name, algo=name, gold_reward=eval_dict(0.5))
+        (run / "samples.jsonl").write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}],
+                                                               "gold_reward": g}) + "\n" for p, g in golds.items()))
+    runs = module.trained_runs(tmp_path)
+    a, b = (module.per_prompt(runs[f"{x}/gold seed 0"], "gold_reward") for x in "ab")
+    mean, half, n = module.paired(a, b)
+    assert n == 3 and mean == pytest.approx(0.3) and half == pytest.approx(1.96 * 0.2 / math.sqrt(3))
+    with pytest.raises(ValueError, match="same prompts"):
+        module.paired(a, {"other": 1.0})
