@@ -122,8 +122,8 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
 
     Writes one run dir per N under ``out_dir`` (``sft/`` for N = 1, ``reference/`` on a task without an SFT
     stage, ``best_of_N/`` otherwise) with metrics.json in the run-dir contract, so ``zoo report`` reads them
-    next to trained policies, and samples.jsonl (per prompt, the best of the pool's first N samples: one realisation, for reading).
-    Returns the metrics written."""
+    next to trained policies, and samples.jsonl (per prompt, the best of the pool's first N samples: one
+    realisation, for reading). Returns the metrics written."""
     if cfg.data.metrics is None:
         raise ValueError(f"best-of-N is measured by gold reward, which data={cfg.data.name} does not have "
                          f"(data.metrics)")

@@ -18,7 +18,9 @@ The plan has its own primary config (``conf/compare.yaml``): ``compare=NAME`` pi
 ``conf/compare/*.yaml`` and ``compare.KEY=VALUE`` changes it; every other override is passed on to the
 stages and to each run (``experiment=smoke``, ``trainer.*``, ...). Each algorithm's comparison budget is
 ``conf/compare/arm/NAME.yaml``, which a sweep names with ``arm=NAME``: the runs find those files through
-``hydra.searchpath``, so ``zoo train``'s own config knows nothing of the comparison.
+``hydra.searchpath``, so ``zoo train``'s own config knows nothing of the comparison. A plan's own
+``overrides`` (``compare=smollm2``: ``model=smollm2_135m``, ``peft=lora``, the stage sizes) go to the stages,
+best-of-N and every run before the command line's; its arms may live in a subfolder (``arm=smollm2/dpo``).
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ class CompareConfig:
     overrides: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     feedback: list[str] = field(default_factory=lambda: ["gold"])  # shared stages are built for each, first
-    best_of_n: list[int] = field(default_factory=list)  # N values; 1 is the SFT reference's own row; [] skips
+    best_of_n: list[int] = field(default_factory=list)  # N values; 1 is the reference's own row; [] skips
     best_of_n_prompts: int = 128  # the first eval prompts, each with a pool of best_of_n_pool reference samples
     # >= the largest N: rewards are unbiased for any N up to it; the KL estimate is 0.04 nats low at N = pool = 64
     best_of_n_pool: int = 64
