@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 from pathlib import Path
+
+from zoo.evaluate import normal_ci_over_prompts
 
 METRICS = {"gold": "gold_reward", "kl": "kl", "length": "length"}
 
@@ -39,16 +40,14 @@ def per_prompt(run_dir: Path, key: str) -> dict[str, float]:
     return values
 
 
-def paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int]:
-    """(mean of a - b over their shared prompts, half-width of its 95% normal interval, number of prompts)."""
-    shared = sorted(a.keys() & b.keys())
-    diffs = [a[p] - b[p] for p in shared]
-    n = len(diffs)
-    if n < 2:
-        raise ValueError(f"only {n} shared prompt(s): the runs were not evaluated on the same prompts")
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    return mean, 1.96 * sd / math.sqrt(n), n
+def paired(a: dict, b: dict) -> tuple[float, float, int]:
+    """(mean of a - b over their shared prompts, half-width of its 95% normal interval, number of prompts):
+    the evaluation's own interval over prompts (``zoo.evaluate.normal_ci_over_prompts``) of the differences."""
+    diffs = [a[p] - b[p] for p in sorted(a.keys() & b.keys())]
+    if len(diffs) < 2:
+        raise ValueError(f"only {len(diffs)} shared prompt(s): the runs were not evaluated on the same prompts")
+    ci = normal_ci_over_prompts(diffs)
+    return ci["mean"], ci["ci95_high"] - ci["mean"], ci["n"]
 
 
 def trained_runs(root: Path) -> dict[str, Path]:
@@ -72,16 +71,15 @@ def gains_against_reference(run_dir: Path) -> dict[str, tuple[float, float, int]
     from omegaconf import OmegaConf
 
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    index = {str(i): i for i in range(len(rows))}
-    gains = {"gold": paired({k: rows[i]["gold_reward"] for k, i in index.items()},
-                            {k: rows[i]["ref_gold_reward"] for k, i in index.items()})}
+    gains = {"gold": paired(dict(enumerate(row["gold_reward"] for row in rows)),
+                            dict(enumerate(row["ref_gold_reward"] for row in rows)))}
     metrics_cfg = OmegaConf.load(run_dir / "config.yaml").data.get("metrics")
     task = instantiate(metrics_cfg) if metrics_cfg is not None else None
     if hasattr(task, "other_rewards"):
         mine = task.other_rewards([row["completion"] for row in rows])
         theirs = task.other_rewards([row["ref_completion"] for row in rows])
         for name in mine:
-            gains[name] = paired(dict(zip(index, mine[name])), dict(zip(index, theirs[name])))
+            gains[name] = paired(dict(enumerate(mine[name])), dict(enumerate(theirs[name])))
     return gains
 
 
