@@ -44,7 +44,7 @@ from zoo.builders import reward_model_scorer
 from zoo.config import portable
 from zoo.data.load import read_rows
 from zoo.evaluate import completion_logps, distinct_n, normal_ci_over_prompts, repeated_ngram_rate
-from zoo.models import load_causal_lm, load_tokenizer
+from zoo.models import load_causal_lm, model_tokenizer
 from zoo.rollout import sample
 from zoo.stages import prepare
 
@@ -134,8 +134,9 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     stages = prepare(cfg, ["reference", "reward_model"])
     reference_path, reward_path = str(stages.reference.path), str(stages.reward_model.path)
     started = time.perf_counter()
-    tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
-    model = load_causal_lm(reference_path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
+    m = cfg.model
+    tokenizer = model_tokenizer(m, reference_path)
+    model = load_causal_lm(reference_path, m.dtype, m.trust_remote_code, attn_implementation=m.attn_implementation).eval()
     prompts = [row["prompt"] for row in read_rows(Path(cfg.data.eval_path))][:num_prompts]
     p, m = len(prompts), pool_size
     pool_prompts = [prompt for prompt in prompts for _ in range(m)]  # prompt-major: item i * M + j

@@ -62,13 +62,14 @@ class Built:
 
 def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
     m = cfg.model
-    policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits)
+    policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits, m.attn_implementation)
     if cfg.peft.enabled:
         p = cfg.peft
         policy = apply_lora(policy, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None)
     if cfg.peft.enabled and init_path == reference_path:
         return policy, Reference(policy, None)  # the base with adapters disabled: no second copy
-    return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits))
+    return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits,
+                                                    m.attn_implementation))
 
 
 def build_policy(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None) -> Built:
@@ -92,7 +93,8 @@ def build_reward_model(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
                        ) -> Built:
     """A scalar-head reward model initialised from ``init_path`` (the SFT policy by default), no reference."""
     m = cfg.model
-    model = load_reward_model(init_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code, cfg.quant.bits)
+    model = load_reward_model(init_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code, cfg.quant.bits,
+                              m.attn_implementation)
     if cfg.peft.enabled:
         p = cfg.peft
         model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None,
@@ -170,6 +172,7 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
     """The frozen reward model at ``reward_path`` as a rollout scorer: an adapter (+ head) on the policy's
     own base when it is a LoRA reward model, else a separate model."""
     m = cfg.model
+    scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)  # the RM reads text through its own
     if is_adapter_dir(reward_path) and hasattr(policy, "peft_config"):
         reward = adapter_reward_model(policy, reward_path, policy.config.hidden_size)
         score_fn = reward.scores
@@ -180,11 +183,10 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
             base = load_reward_model(policy.config.name_or_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
             # SEQ_CLS restores the trained head too; merged, a forward costs what the plain model's does
             reward = PeftModel.from_pretrained(base, reward_path).merge_and_unload()
-        else:
-            reward = load_reward_model(reward_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
+        else:  # a reward model of its own, perhaps another family's (a hub RM): its own tokenizer's PAD
+            reward = load_reward_model(reward_path, scorer_tokenizer.pad_token_id, m.dtype, m.trust_remote_code)
         reward.eval().requires_grad_(False)
         score_fn = functools.partial(last_token_scores, reward)  # (ids, mask) -> (N,), as it was trained
-    scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)
     return RewardScorer(score_fn, reward, scorer_tokenizer, cfg.data.max_length, cfg.rollout.forward_batch_size)
 
 

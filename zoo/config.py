@@ -69,6 +69,12 @@ class ModelConfig:
     reference_path: str | None = None
     trust_remote_code: bool = False  # never on unless the config says so
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str | None = None  # transformers': sdpa | eager | flash_attention_2; null: its default
+    # tokenizer settings (zoo.models.load_tokenizer); null keeps the tokenizer's own. Tokens must be in the vocabulary
+    pad_token: str | None = None  # null: the tokenizer's PAD, or its EOS where it has none
+    eos_token: str | None = None  # the token that ends a reply, when the chat template's turn end is not the EOS
+    chat_template: str | None = None  # a zoo.chat_templates name (chatml, llama3, human_assistant)
+    lora_target_modules: Any = "all-linear"  # peft=lora's default target_modules for this architecture
 
 
 @dataclass

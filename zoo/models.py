@@ -31,12 +31,51 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    """The tokenizer, with a PAD token (falls back to EOS only when the model defines none)."""
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, pad_token: str | None = None,
+                   eos_token: str | None = None, chat_template: str | None = None):
+    """The tokenizer, with a PAD token, set up as a model config asks (``model_tokenizer``).
+
+    - ``pad_token``: a token of the vocabulary to pad with (Llama 3's ``<|finetune_right_pad_id|>``,
+      Pythia's ``<|padding|>``); null keeps the tokenizer's own, or falls back to EOS where it has none.
+    - ``eos_token``: the token that ends a reply when it is not the tokenizer's EOS (a base model trained
+      with its family's chat template: ``<|im_end|>``); sampling stops there.
+    - ``chat_template``: one of ``zoo.chat_templates``'s names; null keeps the tokenizer's own.
+
+    Tokens are never added: a new token would need a new, untrained embedding row, so a name that is not
+    in the vocabulary is an error. The settings are saved with the tokenizer (a stage's or a run's
+    ``model/``), so a tokenizer loaded back from there needs none of them again."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if chat_template is not None:
+        from zoo.chat_templates import chat_template as named_template
+
+        tokenizer.chat_template, end_of_turn = named_template(chat_template)
+        if end_of_turn is not None and (eos_token or tokenizer.eos_token) != end_of_turn:
+            raise ValueError(f"model.chat_template={chat_template} ends a reply with {end_of_turn}, but the EOS would be "
+                             f"{eos_token or tokenizer.eos_token}: set model.eos_token={end_of_turn}")
+    for role, token in (("eos", eos_token), ("pad", pad_token)):
+        if token is None:
+            continue
+        if token not in tokenizer.get_vocab():
+            raise ValueError(f"model.{role}_token={token!r} is not in the vocabulary of {name_or_path}'s tokenizer "
+                             f"(zoo never adds tokens: a new one would have an untrained embedding)")
+        setattr(tokenizer, f"{role}_token", token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def model_tokenizer(model_cfg, name_or_path: str | None = None):
+    """The tokenizer of ``name_or_path`` (default: the model config's own) with the model config's PAD, EOS
+    and chat template: every place that tokenizes for the policy, its reference or its stages loads it so."""
+    m = model_cfg
+    return load_tokenizer(str(name_or_path or m.name_or_path), m.trust_remote_code, m.get("pad_token"),
+                          m.get("eos_token"), m.get("chat_template"))
+
+
+def tokenizer_settings(model_cfg) -> dict:
+    """The model config's tokenizer settings that are set, for a stage's cache key (empty when none are, so
+    keys of configs without them stay what they were)."""
+    return {k: model_cfg.get(k) for k in ("pad_token", "eos_token", "chat_template") if model_cfg.get(k) is not None}
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,19 +122,20 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                   quant_bits: int | None = None) -> nn.Module:
-    """A causal LM from safetensors weights."""
+                   quant_bits: int | None = None, attn_implementation: str | None = None) -> nn.Module:
+    """A causal LM from safetensors weights; ``attn_implementation`` (sdpa, eager, flash_attention_2) is
+    transformers' own, None its default."""
     torch_dtype = DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
-        quantization_config=quantization_config(quant_bits, torch_dtype),
+        quantization_config=quantization_config(quant_bits, torch_dtype), attn_implementation=attn_implementation,
     )
     disable_dropout(model)
     return model
 
 
 def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float32", trust_remote_code: bool = False,
-                      quant_bits: int | None = None) -> nn.Module:
+                      quant_bits: int | None = None, attn_implementation: str | None = None) -> nn.Module:
     """A scalar-head model (``num_labels=1``) initialised from a causal LM: the trunk is the LM's, the
     head is new. Transformers' sequence-classification models read the head at the last non-pad token,
     so ``pad_token_id`` must be set (and differ from EOS, or the EOS itself would count as padding)."""
@@ -103,6 +143,7 @@ def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float3
     model = AutoModelForSequenceClassification.from_pretrained(
         name_or_path, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), pad_token_id=pad_token_id,
+        attn_implementation=attn_implementation,
     )
     disable_dropout(model)
     return model

@@ -25,7 +25,7 @@ from zoo.data.load import tokenize_rows
 from zoo.data.split import resolve_data
 from zoo.losses.base import Loss
 from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
-from zoo.models import load_tokenizer
+from zoo.models import model_tokenizer
 from zoo.stages import prepare
 from zoo.trainer import fit
 
@@ -80,7 +80,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     # --- models and batches ---
     torch.manual_seed(cfg.seed)  # new weights (LoRA, heads) start alike whether the stages were built now or cached
     memory_before_models = current_memory_mb()  # so a benchmark can subtract the interpreter and libraries
-    tokenizer = load_tokenizer(reference_path, cfg.model.trust_remote_code)
+    tokenizer = model_tokenizer(cfg.model, reference_path)
     built = kind.build(cfg, init_path, stages, tokenizer, task)
     tokens, too_long = tokenize_rows(data.rows, data_kind, tokenizer, data.source, cfg.data.max_length,
                                      cfg.data.skip_bad_rows, loss_fn.prepend_bos)

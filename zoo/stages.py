@@ -45,7 +45,7 @@ from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
-from zoo.models import apply_lora, load_causal_lm, load_reward_model, load_tokenizer
+from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
 from zoo.rollout import sample
 from zoo.trainer import DatasetBatches, fit
 
@@ -216,6 +216,19 @@ def _reference(cfg: DictConfig) -> Stage:
 # ------------------------------------------------------------------------------------------------- stages
 
 
+def _model_part(cfg: DictConfig) -> list:
+    """What of the model config, besides its weights, changes what a stage builds (tokenizer settings, a
+    dtype other than float32, an attention implementation) as a cache-key part; empty when it sets none of
+    them, so the keys of stages built before these settings existed still hold."""
+    m = cfg.model
+    settings = tokenizer_settings(m)
+    if m.dtype != "float32":
+        settings["dtype"] = m.dtype
+    if m.get("attn_implementation"):
+        settings["attn_implementation"] = m.attn_implementation
+    return [settings] if settings else []
+
+
 def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn, tokens: list[dict], collator,
                   out: Path, desc: str) -> dict:
     """Train a stage's model with the stage's step count, lr and batch size; save it to ``out/model``."""
@@ -231,7 +244,7 @@ def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn,
 
 def sft_key(cfg: DictConfig, demonstrations: Path) -> str:
     return cache_key("sft", identity(cfg.model.name_or_path), file_digest(demonstrations),
-                     OmegaConf.to_container(cfg.stages.sft), cfg.data.max_length)
+                     OmegaConf.to_container(cfg.stages.sft), cfg.data.max_length, *_model_part(cfg))
 
 
 def sft_stage(cfg: DictConfig, demonstrations: Path) -> Stage:
@@ -239,8 +252,9 @@ def sft_stage(cfg: DictConfig, demonstrations: Path) -> Stage:
     stage = cfg.stages.sft
 
     def build(out: Path) -> dict:
-        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
+        m = cfg.model
+        tokenizer = model_tokenizer(m)
+        model = load_causal_lm(m.name_or_path, m.dtype, m.trust_remote_code, attn_implementation=m.attn_implementation)
         rows, _ = load_rows("demonstrations", str(demonstrations), read_rows(demonstrations))
         if stage.num_rows:
             rows = rows[: stage.num_rows]
@@ -255,11 +269,14 @@ def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> 
     """The cached unlabelled pairs: two samples per prompt from the reference (``prompt``, ``first``,
     ``second``). Every feedback source labels the same pairs, so raters and judge are compared on equal terms."""
     stage = cfg.stages.preferences
-    key = cache_key("samples", identity(reference_path), file_digest(prompts_file), OmegaConf.to_container(stage))
+    key = cache_key("samples", identity(reference_path), file_digest(prompts_file), OmegaConf.to_container(stage),
+                    *_model_part(cfg))
 
     def build(out: Path) -> dict:
-        tokenizer = load_tokenizer(str(reference_path))
-        model = load_causal_lm(str(reference_path))
+        m = cfg.model
+        tokenizer = model_tokenizer(m, reference_path)
+        model = load_causal_lm(str(reference_path), m.dtype, m.trust_remote_code,
+                               attn_implementation=m.attn_implementation)
         prompts = [r["prompt"] for r in read_rows(prompts_file)][: stage.num_prompts]
         first = sample(model, tokenizer, prompts, stage.max_new_tokens, stage.temperature, 128, seed=1,
                        desc="stage: preference samples (a)")
@@ -363,16 +380,18 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Sta
     hold it as one more adapter on its single frozen base instead of a second copy of the model.
     """
     stage = cfg.stages.reward
-    lora = OmegaConf.to_container(cfg.peft) if cfg.peft.enabled else None
+    lora = OmegaConf.to_container(cfg.peft, resolve=True) if cfg.peft.enabled else None
     # "seeded head": reward models built before the head's initialisation was seeded depended on what the
     # building process had run before (the same key, different weights); they are not reused
     key = cache_key("reward", identity(reference_path), file_digest(pairs_path), OmegaConf.to_container(stage),
-                    cfg.data.max_length, *([lora] if lora else []), "seeded head")
+                    cfg.data.max_length, *([lora] if lora else []), "seeded head", *_model_part(cfg))
 
     def build(out: Path) -> dict:
-        tokenizer = load_tokenizer(str(reference_path))
+        m = cfg.model
+        tokenizer = model_tokenizer(m, reference_path)
         torch.manual_seed(0)  # the new scalar head (and LoRA) start from the stage's seed, not the process's state
-        model = load_reward_model(str(reference_path), tokenizer.pad_token_id)
+        model = load_reward_model(str(reference_path), tokenizer.pad_token_id, m.dtype, m.trust_remote_code,
+                                  attn_implementation=m.attn_implementation)
         if lora:
             p = cfg.peft
             model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task_type="SEQ_CLS")
