@@ -72,3 +72,20 @@ def test_hub_model_config_takes_a_lora_dpo_step(name, tmp_path):
                                               "trust_remote_code": False}))
     assert (saved.eos_token, saved.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
     assert saved.chat_template == tokenizer.chat_template  # the run's model/ tokenizes as the run did
+
+
+def test_tokenizer_settings_are_checked_against_the_vocabulary(tmp_path):
+    """zoo never adds a token: a PAD or EOS the vocabulary lacks, or a template whose turn end is not the EOS,
+    is an error naming the key to set."""
+    from zoo.models import load_tokenizer
+
+    model_dir = write_model(HUB_MODELS["smollm2-135m"], tmp_path / "smollm2")
+    with pytest.raises(ValueError, match=r"model.chat_template=chatml ends a reply with <\|im_end\|>, but the EOS "
+                                         r"would be <\|endoftext\|>: set model.eos_token=<\|im_end\|>"):
+        load_tokenizer(str(model_dir), chat_template="chatml")
+    with pytest.raises(ValueError, match="model.pad_token='<pad>' is not in the vocabulary"):
+        load_tokenizer(str(model_dir), pad_token="<pad>")
+    with pytest.raises(ValueError, match="not one of zoo's templates"):
+        load_tokenizer(str(model_dir), chat_template="vicuna")
+    tokenizer = load_tokenizer(str(model_dir))  # no settings: the tokenizer as shipped, PAD falling back to EOS
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"

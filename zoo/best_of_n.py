@@ -44,6 +44,7 @@ from zoo.builders import reward_model_scorer
 from zoo.config import portable
 from zoo.data.load import read_rows
 from zoo.evaluate import completion_logps, distinct_n, normal_ci_over_prompts, repeated_ngram_rate
+from zoo.data.prompts import prompts_file
 from zoo.models import load_causal_lm, model_tokenizer
 from zoo.rollout import sample
 from zoo.stages import prepare
@@ -136,8 +137,15 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
     started = time.perf_counter()
     m = cfg.model
     tokenizer = model_tokenizer(m, reference_path)
-    model = load_causal_lm(reference_path, m.dtype, m.trust_remote_code, attn_implementation=m.attn_implementation).eval()
-    prompts = [row["prompt"] for row in read_rows(Path(cfg.data.eval_path))][:num_prompts]
+    model = load_causal_lm(reference_path, m.dtype, m.trust_remote_code,
+                           attn_implementation=m.get("attn_implementation")).eval()
+    if cfg.data.eval_path:
+        prompts = [row["prompt"] for row in read_rows(Path(cfg.data.eval_path))][:num_prompts]
+    elif cfg.data.get("eval_split") and cfg.data.prompts_path:  # a hub dataset's test prompts (data=hub/imdb)
+        prompts = [row["prompt"] for row in read_rows(prompts_file(cfg, cfg.data.eval_split))][:num_prompts]
+    else:
+        raise ValueError(f"best-of-N samples evaluation prompts, and data={cfg.data.name} has none "
+                         f"(data.eval_path, or data.eval_split of data.prompts_path)")
     p, m = len(prompts), pool_size
     pool_prompts = [prompt for prompt in prompts for _ in range(m)]  # prompt-major: item i * M + j
     pool = sample(model, tokenizer, pool_prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
+from zoo.chat_templates import chat_template
 from zoo.config import portable
 from zoo.data.batches import BatchSource
 from zoo.evaluate import TaskMetrics, evaluate_policy_run, evaluate_reward_run
@@ -62,14 +63,14 @@ class Built:
 
 def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) -> tuple[torch.nn.Module, Reference]:
     m = cfg.model
-    policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits, m.attn_implementation)
+    policy = load_causal_lm(init_path, m.dtype, m.trust_remote_code, cfg.quant.bits, m.get("attn_implementation"))
     if cfg.peft.enabled:
         p = cfg.peft
         policy = apply_lora(policy, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None)
     if cfg.peft.enabled and init_path == reference_path:
         return policy, Reference(policy, None)  # the base with adapters disabled: no second copy
     return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits,
-                                                    m.attn_implementation))
+                                                    m.get("attn_implementation")))
 
 
 def build_policy(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None) -> Built:
@@ -94,7 +95,7 @@ def build_reward_model(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
     """A scalar-head reward model initialised from ``init_path`` (the SFT policy by default), no reference."""
     m = cfg.model
     model = load_reward_model(init_path, tokenizer.pad_token_id, m.dtype, m.trust_remote_code, cfg.quant.bits,
-                              m.attn_implementation)
+                              m.get("attn_implementation"))
     if cfg.peft.enabled:
         p = cfg.peft
         model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None,
@@ -127,6 +128,17 @@ def _check_actor_critic(cfg: DictConfig, reward_path: str | None) -> None:
                          f"but {reward_path} is a full model: set algo.value_init=reference")
 
 
+def _check_same_vocabulary(policy_tokenizer, reward_tokenizer, reward_path: str) -> None:
+    """The value model reads the policy's token ids with the reward model's trunk (value_init=reward), so every
+    policy token must have the same id in the reward model's vocabulary; a hub RM of another family has not."""
+    reward_vocab = reward_tokenizer.get_vocab()
+    differ = [t for t, i in policy_tokenizer.get_vocab().items() if reward_vocab.get(t) != i]
+    if differ:
+        raise ValueError(f"algo.value_init=reward starts the value model from the reward model's trunk, which reads the "
+                         f"policy's token ids, but {len(differ)} of the policy's tokens (e.g. {differ[0]!r}) have another "
+                         f"id or none in {reward_path}'s vocabulary: set algo.value_init=reference")
+
+
 def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None
                        ) -> Built:
     """PPO's models: policy + value (trained together), the frozen reference and the frozen reward model.
@@ -146,6 +158,8 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
         scorer = JudgeScorer(instantiate(cfg.feedback.source))
     else:
         scorer = reward_model_scorer(cfg, policy, reward_path, tokenizer)
+    if algo.value_init == "reward" and reward_path is not None:
+        _check_same_vocabulary(tokenizer, scorer.tokenizer, reward_path)
     if shared is not None and algo.value_init == "reward":
         add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
     elif shared is not None:
@@ -173,6 +187,9 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
     own base when it is a LoRA reward model, else a separate model."""
     m = cfg.model
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)  # the RM reads text through its own
+    if scorer_tokenizer.chat_template is None:
+        # a hub RM without a template (GPT-2 / Pythia RMs trained on HH-RLHF) reads conversations as HH transcripts
+        scorer_tokenizer.chat_template = chat_template("human_assistant")[0]
     if is_adapter_dir(reward_path) and hasattr(policy, "peft_config"):
         reward = adapter_reward_model(policy, reward_path, policy.config.hidden_size)
         score_fn = reward.scores

@@ -85,6 +85,15 @@ class DataConfig:
     prompts_path: str | None = None  # prompts the preference stage samples pairs for
     split: str = "train"
     subset: str | None = None
+    revision: str | None = None  # a hub dataset's revision (a commit, branch or tag); null: its main branch
+    # a converter of the source's rows into the standard schema (zoo.data.formats): hh_transcript (Anthropic's
+    # "\n\nHuman: ... \n\nAssistant: ..." transcripts -> conversational prompt / chosen / rejected)
+    row_format: str | None = None
+    # prompts read from a hub dataset's text column instead of a prompt field (the IMDb task: reviews), cut to
+    # a seeded number of the policy tokenizer's tokens in [low, high] (null: whole)
+    prompt_field: str | None = None
+    prompt_prefix_tokens: list[int] | None = None
+    eval_split: str | None = None  # evaluation prompts (or pairs, for algo=reward) from this split of the source
     # evaluation data: none by default (every row trains, the sampling evaluation is skipped and the run says so)
     eval_path: str | None = None  # a file of eval prompts (rows of any schema with a prompt; pairs for algo=reward)
     eval_fraction: float | None = None  # hold out this seeded fraction of the prompts, with all their rows
@@ -97,6 +106,12 @@ class DataConfig:
     preference_stage: bool = False  # collect pairs from the reference, labelled by `feedback` (cached)
     # the task's metrics (zoo.evaluate.TaskMetrics: gold reward, fluency, judge), {_target_: ...}; null: none
     metrics: Any = None
+    # PPO / RLAIF defaults for this data (docs/hub.md): the reward model PPO scores rollouts with when
+    # algo.reward_model is null (a hub id or a directory), and the LM judge (and what it is asked) that
+    # feedback=hub_judge labels pairs with
+    reward_model: str | None = None
+    judge_model: str | None = None
+    judge_principle: str | None = None
 
 
 @dataclass

@@ -31,6 +31,17 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def hub_ref(name_or_path: str) -> tuple[str, dict]:
+    """(id or path, {"revision": ...}) of a model reference: ``ORG/NAME@REVISION`` pins a hub repository's
+    commit, branch or tag (e.g. ``trl-lib/pythia-1b-deduped-tldr-rm@refs/pr/1``, the branch with its
+    safetensors weights); a local path, or an id without ``@``, is passed on as it is."""
+    name = str(name_or_path)
+    if "@" in name and not Path(name).exists():
+        repo, revision = name.split("@", 1)
+        return repo, {"revision": revision}
+    return name, {}
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, pad_token: str | None = None,
                    eos_token: str | None = None, chat_template: str | None = None):
     """The tokenizer, with a PAD token, set up as a model config asks (``model_tokenizer``).
@@ -44,7 +55,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, pad_token
     Tokens are never added: a new token would need a new, untrained embedding row, so a name that is not
     in the vocabulary is an error. The settings are saved with the tokenizer (a stage's or a run's
     ``model/``), so a tokenizer loaded back from there needs none of them again."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    repo, revision = hub_ref(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=trust_remote_code, **revision)
     if chat_template is not None:
         from zoo.chat_templates import chat_template as named_template
 
@@ -126,8 +138,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
     """A causal LM from safetensors weights; ``attn_implementation`` (sdpa, eager, flash_attention_2) is
     transformers' own, None its default."""
     torch_dtype = DTYPES[dtype]
+    repo, revision = hub_ref(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+        repo, **revision, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), attn_implementation=attn_implementation,
     )
     disable_dropout(model)
@@ -140,8 +153,9 @@ def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float3
     head is new. Transformers' sequence-classification models read the head at the last non-pad token,
     so ``pad_token_id`` must be set (and differ from EOS, or the EOS itself would count as padding)."""
     torch_dtype = DTYPES[dtype]
+    repo, revision = hub_ref(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+        repo, **revision, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), pad_token_id=pad_token_id,
         attn_implementation=attn_implementation,
     )
@@ -380,7 +394,8 @@ def value_model(init_path: str, hidden_size: int, dtype: str = "float32", trust_
 
     trunk = None
     if shared is None:
-        trunk = AutoModel.from_pretrained(init_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        repo, revision = hub_ref(init_path)
+        trunk = AutoModel.from_pretrained(repo, **revision, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                           use_safetensors=True)
         disable_dropout(trunk)
         hidden_size = trunk.config.hidden_size  # an RM of another architecture than the policy: its own width

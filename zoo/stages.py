@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import load_rows, read_rows, tokenize_rows
+from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
@@ -187,16 +188,17 @@ def prepare(cfg: DictConfig, needs: Iterable[str], unlabelled: Path | None = Non
     if "samples" in needs:
         if not data.prompts_path:
             raise DataError(f"data={data.name} has no prompts to sample pairs for (data.prompts_path)")
-        samples = samples_stage(cfg, reference.path, Path(data.prompts_path))
+        samples = samples_stage(cfg, reference.path, prompts_file(cfg))  # a hub dataset's: the prompts stage
     if "labels" in needs and (unlabelled is not None or samples is not None):
         labels = label_stage(cfg, unlabelled if unlabelled is not None else samples.path)
     if "reward_model" in needs:
         if given_rm:
             reward_model = Stage(Path(given_rm), {}, 0.0)  # given, not built
         elif labels is None:
-            raise DataError(f"algo={cfg.algo.name} needs a reward model: set algo.reward_model=DIR (a trained reward "
-                            f"model, e.g. the model/ dir of an algo=reward run), or use data with a preference stage "
-                            f"(data=world)")
+            raise DataError(f"algo={cfg.algo.name} needs a reward model and data={data.name} names none "
+                            f"(data.reward_model) and labels no pairs in a stage: set algo.reward_model=ID_OR_DIR (a hub "
+                            f"reward model, or the model/ dir of an algo=reward run on this data's pairs), or use "
+                            f"data with a preference stage (data=world, data=reviews, data=hub/imdb)")
         else:
             reward_model = reward_stage(cfg, reference.path, labels.path)
     return Prepared(reference, samples, labels, reward_model)
@@ -225,7 +227,7 @@ def _model_part(cfg: DictConfig) -> list:
     if m.dtype != "float32":
         settings["dtype"] = m.dtype
     if m.get("attn_implementation"):
-        settings["attn_implementation"] = m.attn_implementation
+        settings["attn_implementation"] = m.get("attn_implementation")
     return [settings] if settings else []
 
 
@@ -254,7 +256,8 @@ def sft_stage(cfg: DictConfig, demonstrations: Path) -> Stage:
     def build(out: Path) -> dict:
         m = cfg.model
         tokenizer = model_tokenizer(m)
-        model = load_causal_lm(m.name_or_path, m.dtype, m.trust_remote_code, attn_implementation=m.attn_implementation)
+        model = load_causal_lm(m.name_or_path, m.dtype, m.trust_remote_code,
+                               attn_implementation=m.get("attn_implementation"))
         rows, _ = load_rows("demonstrations", str(demonstrations), read_rows(demonstrations))
         if stage.num_rows:
             rows = rows[: stage.num_rows]
@@ -276,7 +279,7 @@ def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> 
         m = cfg.model
         tokenizer = model_tokenizer(m, reference_path)
         model = load_causal_lm(str(reference_path), m.dtype, m.trust_remote_code,
-                               attn_implementation=m.attn_implementation)
+                               attn_implementation=m.get("attn_implementation"))
         prompts = [r["prompt"] for r in read_rows(prompts_file)][: stage.num_prompts]
         first = sample(model, tokenizer, prompts, stage.max_new_tokens, stage.temperature, 128, seed=1,
                        desc="stage: preference samples (a)")
@@ -391,7 +394,7 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Sta
         tokenizer = model_tokenizer(m, reference_path)
         torch.manual_seed(0)  # the new scalar head (and LoRA) start from the stage's seed, not the process's state
         model = load_reward_model(str(reference_path), tokenizer.pad_token_id, m.dtype, m.trust_remote_code,
-                                  attn_implementation=m.attn_implementation)
+                                  attn_implementation=m.get("attn_implementation"))
         if lora:
             p = cfg.peft
             model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task_type="SEQ_CLS")

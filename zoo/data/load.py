@@ -17,6 +17,7 @@ from pyarrow import ArrowException
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from trl.data_utils import extract_prompt, unpair_preference_dataset
 
+from zoo.data.formats import convert_rows
 from zoo.data.schema import DataError, validate_row, validate_rows
 from zoo.data.collate import BATCH_KINDS
 
@@ -51,14 +52,41 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def read_hub(name: str, split: str, subset: str | None) -> list[dict]:
-    """Rows of a ``datasets.load_dataset`` id (a hub id or a local dataset dir saved in hub format)."""
+def read_hub(name: str, split: str, subset: str | None, revision: str | None = None) -> list[dict]:
+    """Rows of one split of a hub dataset, read with ``datasets.load_dataset``: a hub id, or a local copy of a
+    hub repository (its files as the hub has them, e.g. ``data/train-00000-of-00001.parquet`` or
+    ``harmless-base/train.jsonl.gz``, read by the same builder); a directory written by
+    ``Dataset.save_to_disk`` is read with ``load_from_disk``."""
     import datasets
 
-    if Path(name).is_dir():
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         ds = datasets.load_from_disk(name)
         return (ds[split] if isinstance(ds, datasets.DatasetDict) else ds).to_list()
-    return datasets.load_dataset(name, subset, split=split).to_list()
+    try:
+        return datasets.load_dataset(name, subset, split=split, revision=revision).to_list()
+    except ValueError as err:
+        if "split" in str(err).lower():  # "Unknown split": name the splits it has
+            raise DataError(f"{name}: no split '{split}' (data.split / data.eval_split): {err}") from None
+        raise
+
+
+def is_local_file(path: str | Path) -> bool:
+    """A local data file (read by ``read_rows``), rather than a hub id or a dataset directory."""
+    p = Path(path)
+    return p.is_file() or p.suffix.lower() in (".json", ".jsonl", ".parquet")
+
+
+def read_source(data, path: str, split: str | None = None, convert: bool = True) -> tuple[list, int]:
+    """Rows of ``path`` (a local file, or ``split`` of a hub dataset: default ``data.split``) in the standard
+    schema's field names (``data.row_format``, unless ``convert`` is off: a file a stage wrote), and how many
+    could not be converted (``data.skip_bad_rows``)."""
+    if is_local_file(path):
+        rows, source = read_rows(path), str(path)
+    else:
+        split = split or data.split
+        rows, source = read_hub(path, split, data.subset, data.get("revision")), f"{path} ({split})"
+    return convert_rows(rows, data.get("row_format") if convert else None, source, data.skip_bad_rows)
 
 
 def to_schema(rows: list[dict], kind: str) -> list[dict]:
@@ -68,7 +96,8 @@ def to_schema(rows: list[dict], kind: str) -> list[dict]:
         if not isinstance(row, dict):
             out.append(row)  # validation reports it with its row number
             continue
-        if kind in ("pairs", "demonstrations") and "prompt" not in row and "chosen" in row and "rejected" in row:
+        implicit_prompt = "prompt" not in row and "chosen" in row and "rejected" in row
+        if kind in ("pairs", "demonstrations", "prompts") and implicit_prompt:
             if isinstance(row["chosen"], (str, list)) and isinstance(row["rejected"], (str, list)):
                 row = {**row, **extract_prompt(row)}
         if kind == "demonstrations" and "completion" not in row:

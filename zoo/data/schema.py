@@ -63,16 +63,17 @@ def validate_rows(rows: list[dict], kind: str, source: str, skip_bad_rows: bool 
         raise ValueError(f"unknown batch kind '{kind}', expected one of {sorted(BATCH_KINDS)}")
     if not rows:
         raise DataError(f"{source}: the dataset is empty")
-    good, skipped = [], 0
+    good, skipped, first_error = [], 0, None
     for i, row in enumerate(rows):
         try:
             validate_row(row, i, kind, source)
-        except DataError:
+        except DataError as err:
             if not skip_bad_rows:
                 raise
             skipped += 1
+            first_error = first_error or err
             continue
         good.append(row)
-    if not good:
-        raise DataError(f"{source}: all {len(rows)} rows are invalid")
+    if not good:  # say why, or "all rows skipped" tells nothing (e.g. unpaired rows read as pairs)
+        raise DataError(f"{source}: all {len(rows)} rows are invalid as {kind}; the first: {first_error}")
     return good, skipped

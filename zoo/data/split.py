@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from zoo.config import portable
-from zoo.data.load import load_rows, prompt_key, read_eval_prompts, read_hub, read_rows, split_by_prompt
+from zoo.data.load import load_rows, prompt_key, read_eval_prompts, read_rows, read_source, split_by_prompt
+from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError
 
 if TYPE_CHECKING:
@@ -34,12 +35,6 @@ class RunData:
     eval_source: str
 
 
-def _read_source(path: str, split: str, subset: str | None) -> list[dict]:
-    """Rows from a local file, or from a hub id / saved dataset directory."""
-    p = Path(path)
-    return read_rows(p) if p.is_file() or p.suffix in (".json", ".jsonl", ".parquet") else read_hub(path, split, subset)
-
-
 def resolve_data(cfg: DictConfig, kind: str, stages: Prepared, eval_on_rows: bool = False) -> RunData:
     """The training rows and evaluation items of a run whose loss consumes ``kind``: prompts from
     ``data.prompts_path``, demonstrations from ``data.demonstrations_path``, pairs (and, without
@@ -54,7 +49,7 @@ def resolve_data(cfg: DictConfig, kind: str, stages: Prepared, eval_on_rows: boo
         raise ValueError(f"algo={cfg.algo.name} trains on {kind} and data={data.name} labels them in a stage, but "
                          f"algo.stages ({', '.join(cfg.algo.stages)}) does not declare labels")
     if kind == "prompts" and data.prompts_path:
-        source = data.prompts_path
+        source = str(prompts_file(cfg))  # a hub dataset's prompts: the cached prompts stage
     elif kind == "demonstrations" and data.demonstrations_path:
         source = data.demonstrations_path
     elif kind in ("pairs", "unpaired", "demonstrations") and stages.labels is not None:
@@ -66,7 +61,9 @@ def resolve_data(cfg: DictConfig, kind: str, stages: Prepared, eval_on_rows: boo
                         f"pairs, add the label stage: algo.stages=[reference,labels]")
     else:
         raise DataError(f"data={data.name} gives no {kind} data: set data.path=FILE")
-    rows, skipped = load_rows(kind, source, _read_source(source, data.split, data.subset), data.skip_bad_rows)
+    rows, unconverted = read_source(data, source, convert=source == data.path)  # stages write the standard schema
+    rows, skipped = load_rows(kind, source, rows, data.skip_bad_rows)
+    skipped += unconverted
     rows, eval_items, eval_source = eval_split(cfg, rows, source, eval_on_rows)
     if kind == "unpaired" and data.desirable_fraction < 1.0:
         rows = keep_desirable(rows, data.desirable_fraction, cfg.seed)
@@ -79,6 +76,8 @@ def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: boo
     """(training rows, eval items, a description of where they came from).
 
     - ``data.eval_path``: the prompts of that file (a reward model's run needs pairs there); every row trains.
+    - ``data.eval_split``: that split of the hub dataset: its distinct prompts (from ``data.prompts_path``, or
+      the training source), or its pairs for a reward model; every row of the training split trains.
     - ``data.eval_fraction``: a seeded split by prompt (``data.eval_split_seed``): the held-out prompts'
       rows leave training, and never half a pair or one of a prompt's labelled rows. A reward model's
       run uses it before ``eval_path`` (whose prompts it cannot score), a policy's run only without one.
@@ -91,6 +90,8 @@ def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: boo
             return rows, pairs, f"data.eval_path={portable(data.eval_path)} ({len(pairs)} pairs)"
         prompts = read_eval_prompts(data.eval_path)
         return rows, prompts, f"data.eval_path={portable(data.eval_path)} ({len(prompts)} prompts)"
+    if data.get("eval_split"):
+        return rows, *_eval_split_items(cfg, source, eval_on_rows)
     if data.eval_fraction:
         train, held = split_by_prompt(rows, data.eval_fraction, data.eval_split_seed)
         items = held if eval_on_rows else list({prompt_key(r["prompt"]): r["prompt"] for r in held}.values())
@@ -103,6 +104,26 @@ def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: boo
               f"evaluation; set data.eval_path=FILE (prompts or rows) or data.eval_fraction=F (a seeded split "
               f"by prompt) to evaluate")
     return rows, [], "none"
+
+
+def _eval_split_items(cfg: DictConfig, source: str, eval_on_rows: bool) -> tuple[list, str]:
+    """(eval items, description) from ``data.eval_split``: pairs of the training source's split for a reward
+    model, else the split's distinct prompts (the prompts stage of ``data.prompts_path`` when there is one)."""
+    data = cfg.data
+    split = data.eval_split
+    if eval_on_rows or not data.prompts_path:
+        if eval_on_rows and data.path is None:
+            raise DataError(f"data.eval_split={split}: a reward model is evaluated on pairs, and data={data.name} "
+                            f"has no data.path to read them from")
+        rows, _ = read_source(data, data.path or source, split)
+        kind = "pairs" if eval_on_rows else "prompts"
+        items, _ = load_rows(kind, f"{data.path or source} ({split})", rows, data.skip_bad_rows)
+        if not eval_on_rows:
+            items = list({prompt_key(r["prompt"]): r["prompt"] for r in items}.values())
+    else:
+        items = [r["prompt"] for r in read_rows(prompts_file(cfg, split))]
+    what = "pairs" if eval_on_rows else "prompts"
+    return items, f"data.eval_split={split} ({len(items)} {what})"
 
 
 def keep_desirable(rows: list[dict], fraction: float, seed: int) -> list[dict]:

@@ -171,7 +171,10 @@ class LMJudge:
                  answers: Sequence[str] = ("Yes", "No"), scale: float = 1.0):
         from zoo.models import load_causal_lm, load_tokenizer
 
-        if not principle.strip():
+        if model is None:
+            raise ValueError("feedback.source.model is null: the data config names no judge for its task "
+                             "(data.judge_model); set feedback.source.model=HUB_ID_OR_DIR (an instruction-tuned LM)")
+        if principle is None or not principle.strip():
             raise ValueError("feedback.source.principle must be a non-empty question or rule")
         if mode not in ("pairwise", "pointwise"):
             raise ValueError(f"feedback.source.mode must be pairwise or pointwise, got {mode!r}")
