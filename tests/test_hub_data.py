@@ -245,3 +245,22 @@ def test_value_model_from_a_reward_model_of_another_vocabulary_is_refused(tmp_pa
     _check_same_vocabulary(qwen, qwen, "same")  # the same vocabulary: the value model may start from the RM
     with pytest.raises(ValueError, match="have another id or none in .*gpt2's vocabulary: set algo.value_init=reference"):
         _check_same_vocabulary(qwen, gpt2, str(tmp_path / "gpt2"))
+
+
+def test_every_gpu_command_in_the_docs_composes():
+    """docs/hub.md's copy-paste commands compose as written (the configs, keys and values exist), and the ones
+    for PPO with a hub reward model of another family start the value model from the reference."""
+    import re
+    import shlex
+
+    text = (CONF.parents[1] / "docs" / "hub.md").read_text()
+    block = text.split("## Commands for a GPU", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(c) for c in re.sub(r"\\\n\s*", " ", block).splitlines() if c.startswith("zoo train")]
+    assert len(commands) >= 10
+    for argv in commands:
+        overrides = [a for a in argv[2:] if not a.startswith("hydra.")]
+        cfg = compose_train(overrides)
+        OmegaConf.to_container(cfg, resolve=True)
+        assert cfg.model.name.startswith(("smollm2", "qwen", "pythia", "llama", "gpt2"))
+        if cfg.algo.name == "ppo" and cfg.algo.reward_model:  # a hub RM: another family's trunk cannot be the value
+            assert cfg.algo.value_init == "reference"
