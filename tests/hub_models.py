@@ -20,7 +20,8 @@ import torch
 
 from zoo.world import paths
 
-# Small width and depth; the hub's own head counts are not kept, its grouped-query ratio is (kv_heads).
+# Small width and depth. Where the hub model has grouped-query attention its ratio of query to key/value heads
+# is kept (SmolLM2 3:1, Qwen2.5 7:1, Llama 3.2 4:1), at fewer heads.
 WIDTH, LAYERS, HEADS, FFN = 64, 2, 4, 128
 
 SMOLLM2_CHATML = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -67,10 +68,11 @@ class HubModel:
     extra: dict = field(default_factory=dict)  # other tokenizer_config.json fields
 
 
-def _llama(vocab: int, kv_heads: int, tied: bool, bos: int, eos, rope_theta: float, positions: int, **more) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": WIDTH,
-            "intermediate_size": FFN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-            "num_key_value_heads": kv_heads, "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": eos,
+def _llama(vocab: int, heads: int, kv_heads: int, tied: bool, bos: int, eos, rope_theta: float, positions: int,
+           **more) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+            "hidden_size": 32 * heads, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": eos,
             "rope_theta": rope_theta, "max_position_embeddings": positions, "rms_norm_eps": 1e-5,
             "hidden_act": "silu", "torch_dtype": "bfloat16", **more}
 
@@ -82,7 +84,7 @@ def _smollm2(size: str, instruct: bool) -> HubModel:
                "unk_token": "<|endoftext|>"} if instruct else
               {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
     name = f"smollm2-{size}" + ("-instruct" if instruct else "")
-    config = _llama(49152, HEADS // 2, True, ids["bos_token_id"], ids["eos_token_id"], 100000.0, 8192)
+    config = _llama(49152, 3, 1, True, ids["bos_token_id"], ids["eos_token_id"], 100000.0, 8192)
     config.update(ids)
     # the base tokenizer's template (ChatML without a system turn, as far as could be checked offline): the
     # config sets zoo's chatml either way
@@ -93,8 +95,8 @@ def _smollm2(size: str, instruct: bool) -> HubModel:
 def _qwen(instruct: bool) -> HubModel:
     eos = 151645 if instruct else 151643
     config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
-              "hidden_size": WIDTH, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-              "num_attention_heads": HEADS, "num_key_value_heads": HEADS // 2, "tie_word_embeddings": True,
+              "hidden_size": 7 * 16, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+              "num_attention_heads": 7, "num_key_value_heads": 1, "tie_word_embeddings": True,
               "bos_token_id": 151643, "eos_token_id": eos, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
               "rms_norm_eps": 1e-6, "use_sliding_window": False, "hidden_act": "silu", "torch_dtype": "bfloat16"}
     tokens = {"bos_token": None, "eos_token": "<|im_end|>" if instruct else "<|endoftext|>",
@@ -117,7 +119,7 @@ def _pythia(size: str) -> HubModel:
 
 def _llama32(instruct: bool) -> HubModel:
     eos = [128001, 128008, 128009] if instruct else 128001
-    config = _llama(128256, HEADS // 2, True, 128000, eos, 500000.0, 131072, rope_scaling=LLAMA_ROPE)
+    config = _llama(128256, 4, 1, True, 128000, eos, 500000.0, 131072, rope_scaling=LLAMA_ROPE)
     tokens = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>" if instruct else "<|end_of_text|>"}
     return HubModel("llama-3.2-1b" + ("-instruct" if instruct else ""), "meta-llama/Llama-3.2-1B" + ("-Instruct" if
                     instruct else ""), config, "PreTrainedTokenizerFast", LLAMA3_SPECIAL, tokens,

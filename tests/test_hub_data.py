@@ -26,6 +26,10 @@ from zoo.stages import Prepared, prepare
 HUB_DATA_CONFIGS = sorted(p.stem for p in (CONF / "data" / "hub").glob("*.yaml"))
 
 
+def sorted_prompts(prompts) -> list[str]:
+    return sorted(json.dumps(p) for p in prompts)
+
+
 @pytest.fixture(scope="module")
 def local_copies(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub_data")
@@ -40,10 +44,12 @@ def hub_cfg(name, local_copies, tmp_path, *overrides):
 
 def test_every_hub_data_config_has_a_local_copy():
     assert HUB_DATA_CONFIGS == sorted(HUB_DATASETS)
+    hub_ids = {"ultrafeedback_binarized": "trl-lib/ultrafeedback_binarized", "hh-rlhf": "Anthropic/hh-rlhf",
+               "kto-mix-14k": "trl-lib/kto-mix-14k", "tldr-preference": "trl-lib/tldr-preference",
+               "imdb": "stanfordnlp/imdb"}
     for name in HUB_DATA_CONFIGS:  # the config reads the hub id; the tests point it at the copy
         data = OmegaConf.load(CONF / "data" / "hub" / f"{name}.yaml")
-        assert data[HUB_DATASETS[name][1]] in ("trl-lib/ultrafeedback_binarized", "Anthropic/hh-rlhf",
-                                               "trl-lib/kto-mix-14k", "trl-lib/tldr-preference", "stanfordnlp/imdb")
+        assert data[HUB_DATASETS[name][1]] == hub_ids[name]
 
 
 def test_ultrafeedback_reads_conversational_pairs_with_an_implicit_prompt(local_copies, tmp_path):
@@ -54,12 +60,13 @@ def test_ultrafeedback_reads_conversational_pairs_with_an_implicit_prompt(local_
     assert first["prompt"] == [{"role": "user", "content": "Name a color of the sky."}]
     assert first["chosen"] == [{"role": "assistant", "content": "Blue, on a clear day."}]
     assert first["rejected"] == [{"role": "assistant", "content": "Cheese."}]
-    # evaluation: the test split's distinct prompts, none of them trained on
-    assert data.eval_items == [row["chosen"][:1] for row in ULTRAFEEDBACK_TEST]
+    # evaluation: the test split's distinct prompts (shuffled once), none of them trained on
+    assert sorted_prompts(data.eval_items) == sorted_prompts(row["chosen"][:1] for row in ULTRAFEEDBACK_TEST)
     assert data.eval_source.startswith("data.eval_split=test")
-    # PPO's prompts: the train split's, through the prompts stage
+    # PPO's prompts: the train split's, through the prompts stage, in a seeded shuffled order
     prompts = [r["prompt"] for r in read_rows(prompts_file(cfg))]
-    assert prompts == [row["chosen"][:1] for row in ULTRAFEEDBACK]
+    assert sorted_prompts(prompts) == sorted_prompts(row["chosen"][:1] for row in ULTRAFEEDBACK)
+    assert prompts != [row["chosen"][:1] for row in ULTRAFEEDBACK]  # not the file's order (4! orders, seeded)
     assert resolve_data(cfg, "prompts", Prepared()).rows == [{"prompt": p} for p in prompts]
 
 
@@ -130,10 +137,10 @@ def test_imdb_prompts_are_review_openings_of_2_to_8_tokens(local_copies, tmp_pat
     test = [r["prompt"] for r in read_rows(prompts_file(cfg, "test"))]
     for prompts, split in ((train, "train"), (test, "test")):
         reviews = [clean_review(text) for text, _ in IMDB[split]]
-        assert len(prompts) == len(reviews)
-        for prompt, review in zip(prompts, reviews):
+        assert len(prompts) == len(reviews)  # one opening per review (shuffled: the hub's splits come by label)
+        for prompt in prompts:
             assert 2 <= len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= 8
-            assert review.startswith(prompt) and "<br" not in prompt
+            assert sum(review.startswith(prompt) for review in reviews) >= 1 and "<br" not in prompt
     assert len({len(p) for p in train + test}) > 1  # seeded lengths, not one fixed cut
     assert prompts_file(cfg) == prompts_file(cfg)  # cached: the same stage, the same prompts
     data = resolve_data(cfg, "prompts", Prepared())
@@ -149,6 +156,19 @@ def test_imdb_dpo_samples_labels_and_trains_offline(local_copies, tmp_path):
     assert metrics["status"] == "finished" and metrics["train_rows"] >= 1
     assert "feedback_agreement_with_gold" in metrics and "gold_reward" in metrics
     assert metrics["eval_source"] == "data.eval_split=test (2 prompts)"
+    # a reward model on IMDb's labelled pairs is scored on a tenth of them (the dataset has no pairs of its own)
+    reward_cfg = hub_cfg("imdb", local_copies, tmp_path, "algo=reward", "stages.preferences.max_new_tokens=8")
+    stages = prepare(reward_cfg, reward_cfg.algo.stages)
+    data = resolve_data(reward_cfg, "pairs", stages, eval_on_rows=True)
+    assert data.eval_source.startswith("data.eval_fraction=0.1") and data.eval_items and "chosen" in data.eval_items[0]
+
+
+def test_eval_split_of_a_local_file_is_refused(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    cfg = compose_train(["data=local", f"data.path={path}", "data.eval_split=test"])
+    with pytest.raises(DataError, match="data.eval_split=test reads a split of a hub dataset, but .* is a file"):
+        resolve_data(cfg, "pairs", Prepared())
 
 
 # ------------------------------------------------------------------------------ PPO / RLAIF on hub data
@@ -185,16 +205,11 @@ def test_hub_judge_without_a_judge_model_says_how_to_give_one(local_copies, tmp_
 
 
 def test_ppo_on_ultrafeedback_scores_rollouts_with_the_data_configs_reward_model(local_copies, tmp_path):
-    """Qwen2.5 policy, UltraFeedback prompts, and a Qwen2 reward model with its own tokenizer and chat template
-    (trl-lib/Qwen2-0.5B-Reward's kind, here a shrunken random one): one PPO rollout and update, LoRA."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    policy_spec = HUB_MODELS["qwen2.5-0.5b-instruct"]
-    policy = write_model(policy_spec, tmp_path / "policy")
-    rm_dir = tmp_path / "reward_model"
-    write_model(policy_spec, rm_dir)  # its tokenizer and config; the weights below replace the LM's
-    config = AutoConfig.from_pretrained(rm_dir, num_labels=1, pad_token_id=151643)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(rm_dir, safe_serialization=True)
+    """A Qwen2.5 policy on UltraFeedback prompts, its rollouts scored by a reward model of another family with
+    its own tokenizer (a shrunken GPT-2 RM, which reads them as HH transcripts): PPO rollouts and updates, LoRA;
+    value_init=reward is refused for it before any model loads."""
+    policy = write_model(HUB_MODELS["qwen2.5-0.5b-instruct"], tmp_path / "policy")
+    rm_dir = _reward_model_copy("gpt2", tmp_path / "reward_model")
     cfg = hub_cfg("ultrafeedback_binarized", local_copies, tmp_path, "model=hub/qwen2.5-0.5b-instruct",
                   f"model.name_or_path={policy}", f"data.reward_model={rm_dir}", "algo=ppo", "peft=lora",
                   "algo.value_init=reference", "trainer.max_steps=2", "trainer.batch_size=2",
@@ -204,7 +219,10 @@ def test_ppo_on_ultrafeedback_scores_rollouts_with_the_data_configs_reward_model
     assert metrics["status"] == "finished" and metrics["reward_model"].endswith("/reward_model")
     assert metrics["eval_source"] == "data.eval_split=test (2 prompts)"
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(entry["objective/scores"]) for entry in log) and log[0]["objective/scores"] != 0
+    assert all(math.isfinite(entry["objective/scores"]) for entry in log)
+    refused = OmegaConf.merge(cfg, {"algo": {"value_init": "reward"}, "peft": {"enabled": False}})
+    with pytest.raises(ValueError, match="set algo.value_init=reference"):
+        run.train(refused, tmp_path / "refused")
 
 
 def _reward_model_copy(spec_name: str, out):
@@ -219,7 +237,7 @@ def _reward_model_copy(spec_name: str, out):
 
 def test_a_reward_model_without_a_chat_template_reads_hh_transcripts(local_copies, tmp_path):
     """GPT-2 reward models trained on HH-RLHF (the hh-rlhf config's) have no chat template: a conversation is
-    scored as the transcript they were trained on, prompt + reply + EOS."""
+    scored as the raw transcript they were trained on, its score read at the reply's last token."""
     from zoo.builders import reward_model_scorer
     from zoo.models import load_causal_lm
 
@@ -231,7 +249,7 @@ def test_a_reward_model_without_a_chat_template_reads_hh_transcripts(local_copie
     prompt = [{"role": "user", "content": "How do I boil an egg?"}]
     text = scorer.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "Ten minutes."}],
                                                 tokenize=False)
-    assert text == "\n\nHuman: How do I boil an egg?\n\nAssistant: Ten minutes.<|endoftext|>"
+    assert text == "\n\nHuman: How do I boil an egg?\n\nAssistant: Ten minutes."  # unterminated, as trained
     scores = scorer([prompt, prompt], ["Ten minutes.", "No idea."], "cpu")
     assert scores.shape == (2,) and bool(torch.isfinite(scores).all()) and scores[0] != scores[1]
 

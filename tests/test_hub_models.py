@@ -89,3 +89,17 @@ def test_tokenizer_settings_are_checked_against_the_vocabulary(tmp_path):
         load_tokenizer(str(model_dir), chat_template="vicuna")
     tokenizer = load_tokenizer(str(model_dir))  # no settings: the tokenizer as shipped, PAD falling back to EOS
     assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_a_hub_revision_is_pinned_with_an_at_sign_and_a_path_is_left_alone(tmp_path):
+    from zoo.models import hub_ref
+
+    assert hub_ref("trl-lib/pythia-1b-deduped-tldr-rm@refs/pr/1") == ("trl-lib/pythia-1b-deduped-tldr-rm",
+                                                                     {"revision": "refs/pr/1"})
+    assert hub_ref("gpt2@a1b2c3") == ("gpt2", {"revision": "a1b2c3"})
+    assert hub_ref("Qwen/Qwen2.5-0.5B") == ("Qwen/Qwen2.5-0.5B", {})
+    for path in ("/tmp/x@y/model", "outputs/run@3/model", "./run@2"):  # paths, existing or not
+        assert hub_ref(path) == (path, {})
+    existing = tmp_path / "org" / "name@v1"
+    existing.mkdir(parents=True)
+    assert hub_ref(str(existing)) == (str(existing), {})

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from zoo.chat_templates import chat_template
+from zoo.chat_templates import HH_TRANSCRIPT
 from zoo.config import portable
 from zoo.data.batches import BatchSource
 from zoo.evaluate import TaskMetrics, evaluate_policy_run, evaluate_reward_run
@@ -151,6 +151,8 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
     m, algo = cfg.model, cfg.algo
     reward_path = None if algo.direct_judge or stages.reward_model is None else str(stages.reward_model.path)
     _check_actor_critic(cfg, reward_path)
+    if algo.value_init == "reward" and reward_path is not None and not is_adapter_dir(reward_path):
+        _check_same_vocabulary(tokenizer, load_tokenizer(reward_path, m.trust_remote_code), reward_path)  # before loading
     reference_path = str(stages.reference.path)
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
     shared = policy if cfg.peft.enabled else None
@@ -158,8 +160,6 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
         scorer = JudgeScorer(instantiate(cfg.feedback.source))
     else:
         scorer = reward_model_scorer(cfg, policy, reward_path, tokenizer)
-    if algo.value_init == "reward" and reward_path is not None:
-        _check_same_vocabulary(tokenizer, scorer.tokenizer, reward_path)
     if shared is not None and algo.value_init == "reward":
         add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
     elif shared is not None:
@@ -188,8 +188,9 @@ def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) ->
     m = cfg.model
     scorer_tokenizer = load_tokenizer(reward_path, m.trust_remote_code)  # the RM reads text through its own
     if scorer_tokenizer.chat_template is None:
-        # a hub RM without a template (GPT-2 / Pythia RMs trained on HH-RLHF) reads conversations as HH transcripts
-        scorer_tokenizer.chat_template = chat_template("human_assistant")[0]
+        # a hub RM without a template (GPT-2 RMs trained on HH-RLHF) reads conversations as the raw HH text it was
+        # trained on, the last reply unterminated, so its score is read at the reply's last token
+        scorer_tokenizer.chat_template = HH_TRANSCRIPT
     if is_adapter_dir(reward_path) and hasattr(policy, "peft_config"):
         reward = adapter_reward_model(policy, reward_path, policy.config.hidden_size)
         score_fn = reward.scores

@@ -17,6 +17,9 @@ untrained embedding rows). Each template below says which tokens it needs and wh
 - ``human_assistant``: Anthropic's HH transcript format, ``\\n\\nHuman: ...\\n\\nAssistant: ...``, plain
   text that any vocabulary can write (GPT-2, Pythia: no chat tokens), the format the DPO paper trained
   Pythia on. The final assistant turn ends with the tokenizer's EOS.
+
+``HH_TRANSCRIPT`` (not a model config's choice) is that format without the final EOS: how a reward model
+that has no template of its own reads a conversation, as GPT-2 reward models trained on raw HH text do.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ HUMAN_ASSISTANT = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
 )
+
+# How a reward model without a chat template reads a conversation (zoo.builders.reward_model_scorer): the raw
+# HH-RLHF text that GPT-2 reward models on HH were trained on, with no EOS after the last reply.
+HH_TRANSCRIPT = HUMAN_ASSISTANT.replace("{% if loop.last %}{{ eos_token }}{% endif %}", "")
 
 # name -> (template, the token that ends an assistant turn, or None for the tokenizer's own EOS)
 TEMPLATES = {

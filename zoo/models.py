@@ -38,7 +38,11 @@ def hub_ref(name_or_path: str) -> tuple[str, dict]:
     name = str(name_or_path)
     if "@" in name and not Path(name).exists():
         repo, revision = name.split("@", 1)
-        return repo, {"revision": revision}
+        # a hub id is NAME or ORG/NAME; a revision has no "/" unless it is a ref (refs/pr/1). Anything else is
+        # a path that does not exist (outputs/run@3/model), left for from_pretrained to report as one
+        looks_like_hub = repo.count("/") <= 1 and not repo.startswith(("/", ".", "~")) and repo
+        if looks_like_hub and ("/" not in revision or revision.startswith("refs/")):
+            return repo, {"revision": revision}
     return name, {}
 
 
@@ -143,6 +147,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
         repo, **revision, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), attn_implementation=attn_implementation,
     )
+    model.config.name_or_path = str(name_or_path)  # with its @revision: what peft records as a LoRA's base
     disable_dropout(model)
     return model
 

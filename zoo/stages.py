@@ -401,13 +401,15 @@ def reward_stage(cfg: DictConfig, reference_path: Path, pairs_path: Path) -> Sta
         rows, _ = load_rows("pairs", str(pairs_path), read_rows(pairs_path))
         held = max(1, len(rows) // 10)  # the last 10% of pairs measure the RM, never train it
         train_rows, eval_rows = rows[:-held], rows[-held:]
-        tokens, _ = tokenize_rows(train_rows, "pairs", tokenizer, str(pairs_path), cfg.data.max_length)
+        # a hub dataset's prompt can fill data.max_length (the run skips and counts such rows when asked; so does this)
+        tokens, too_long = tokenize_rows(train_rows, "pairs", tokenizer, str(pairs_path), cfg.data.max_length,
+                                         cfg.data.skip_bad_rows)
         collator = PairCollator(tokenizer.pad_token_id, cfg.data.max_length)
         info = _fit_and_save(cfg, stage, model, tokenizer, BradleyTerryLoss(center_coef=stage.center_coef), tokens,
                              collator, out, "stage: reward model")
         metrics, _ = evaluate_reward_model(model, tokenizer, eval_rows, cfg.data.max_length, 64, str(pairs_path))
         print(f"[zoo] reward stage: held-out accuracy vs labels {metrics['rm_accuracy_vs_labels']:.3f}"
               + (f", vs gold {metrics['rm_accuracy_vs_gold']:.3f}" if "rm_accuracy_vs_gold" in metrics else ""))
-        return {**info, **metrics}
+        return {**info, **metrics, "skipped_too_long": too_long}
 
     return cached_stage(cfg.stages.cache_dir, "lora-reward" if lora else "reward", key, build, "model")

@@ -80,15 +80,20 @@ def clean_review(text: str) -> str:
     return " ".join(text.replace("<br />", " ").replace("<br/>", " ").split())
 
 
-def prefix_prompts(texts: list[str], tokenizer, low: int, high: int, seed: int = 0) -> list[str]:
+def prefix_prompts(texts: list[str], tokenizer, low: int, high: int, seed: int | str = 0) -> list[str]:
     """The first n tokens of each text (special tokens aside), n drawn uniformly from [low, high] per row with
-    ``seed`` (the DPO paper's IMDb prompts: review prefixes of 2-8 tokens), decoded back to text."""
+    ``seed`` (the DPO paper's IMDb prompts: review prefixes of 2-8 tokens), decoded back to text; a cut
+    inside a multi-byte character takes the character whole (a few more tokens)."""
     if not 1 <= low <= high:
         raise ValueError(f"data.prompt_prefix_tokens must be [low, high] with 1 <= low <= high, got [{low}, {high}]")
     rng = random.Random(seed)
     prompts = []
     for text in texts:
         n = rng.randint(low, high)
-        ids = tokenizer(clean_review(text), add_special_tokens=False)["input_ids"][:n]
-        prompts.append(tokenizer.decode(ids))
+        ids = tokenizer(clean_review(text), add_special_tokens=False)["input_ids"]
+        prefix = tokenizer.decode(ids[:n])
+        while prefix.endswith("\ufffd") and n < len(ids):  # a byte-level cut inside a character: take it whole
+            n += 1
+            prefix = tokenizer.decode(ids[:n])
+        prompts.append(prefix)
     return prompts

@@ -4,7 +4,9 @@ stage read from a hub dataset.
 From a hub dataset (or a local copy of one) the stage reads one split, converts its rows
 (``data.row_format``), takes each row's prompt (an implicit prompt is split off a pair's chosen and
 rejected) or, with ``data.prompt_field``, a text column cut to ``data.prompt_prefix_tokens`` of the
-policy's tokenizer, keeps each distinct prompt once (HH-RLHF asks many prompts more than once), and
+policy's tokenizer, keeps each distinct prompt once (HH-RLHF asks many prompts more than once; every
+review's opening is kept, as the DPO paper samples one per review), shuffles them with a fixed seed
+(hub splits are ordered: IMDb's by label, HH-RLHF's by subset, and the stages take the first N), and
 writes ``prompts.jsonl``. The preference stage, PPO's rollouts and the evaluation then read that file,
 as they read the world's. Its key is the dataset id (and revision), split, conversion and, when prompts
 are cut by tokens, the tokenizer's files and settings.
@@ -13,6 +15,7 @@ are cut by tokens, the tokenizer's files and settings.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -52,11 +55,14 @@ def read_prompts(cfg: DictConfig, split: str) -> list:
             from zoo.models import model_tokenizer
 
             low, high = data.prompt_prefix_tokens
-            prompts = prefix_prompts(prompts, model_tokenizer(cfg.model), low, high, seed=0)
-    else:
+            prompts = prefix_prompts(prompts, model_tokenizer(cfg.model), low, high, seed=f"prefix-{split}")
+    else:  # a prompt asked in several rows (HH-RLHF's pairs) is one prompt
         checked, _ = load_rows("prompts", source, rows, data.skip_bad_rows)
-        prompts = [r["prompt"] for r in checked]
-    return list({prompt_key(p): p for p in prompts}.values())
+        prompts = list({prompt_key(r["prompt"]): r["prompt"] for r in checked}.values())
+    # hub splits come in an order (IMDb's by label, HH-RLHF's by subset): shuffled once, so the first N prompts
+    # that the preference stage and the evaluation take are a random sample of the split
+    random.Random(f"prompts-{split}").shuffle(prompts)
+    return prompts
 
 
 def prompts_file(cfg: DictConfig, split: str | None = None) -> Path:
@@ -82,7 +88,7 @@ def prompts_file(cfg: DictConfig, split: str | None = None) -> Path:
         tokenizer = [tokenizer_identity(cfg.model.name_or_path), tokenizer_settings(cfg.model)]
     prefix = list(data.prompt_prefix_tokens) if data.prompt_prefix_tokens else None
     key = cache_key("prompts", identity(data.prompts_path), data.get("revision"), split, data.subset,
-                    data.get("row_format"), data.prompt_field, prefix, tokenizer)
+                    data.get("row_format"), data.prompt_field, prefix, tokenizer, data.skip_bad_rows, "shuffled")
 
     def build(out: Path) -> dict:
         prompts = read_prompts(cfg, split)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from zoo.config import portable
-from zoo.data.load import load_rows, prompt_key, read_eval_prompts, read_rows, read_source, split_by_prompt
+from zoo.data.load import is_local_file, load_rows, prompt_key, read_eval_prompts, read_rows, read_source, split_by_prompt
 from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError
 
@@ -77,7 +77,8 @@ def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: boo
 
     - ``data.eval_path``: the prompts of that file (a reward model's run needs pairs there); every row trains.
     - ``data.eval_split``: that split of the hub dataset: its distinct prompts (from ``data.prompts_path``, or
-      the training source), or its pairs for a reward model; every row of the training split trains.
+      the training source), or its pairs for a reward model (unless ``eval_fraction`` is set, or the dataset
+      gives prompts only); every row of the training split trains.
     - ``data.eval_fraction``: a seeded split by prompt (``data.eval_split_seed``): the held-out prompts'
       rows leave training, and never half a pair or one of a prompt's labelled rows. A reward model's
       run uses it before ``eval_path`` (whose prompts it cannot score), a policy's run only without one.
@@ -90,7 +91,9 @@ def eval_split(cfg: DictConfig, rows: list[dict], source: str, eval_on_rows: boo
             return rows, pairs, f"data.eval_path={portable(data.eval_path)} ({len(pairs)} pairs)"
         prompts = read_eval_prompts(data.eval_path)
         return rows, prompts, f"data.eval_path={portable(data.eval_path)} ({len(prompts)} prompts)"
-    if data.get("eval_split"):
+    # a reward model's run is evaluated on the eval split's pairs, which a prompts-only dataset (data=hub/imdb)
+    # has not: its labelled pairs are split by eval_fraction instead
+    if data.get("eval_split") and not (eval_on_rows and (data.eval_fraction or not data.path)):
         return rows, *_eval_split_items(cfg, source, eval_on_rows)
     if data.eval_fraction:
         train, held = split_by_prompt(rows, data.eval_fraction, data.eval_split_seed)
@@ -112,9 +115,9 @@ def _eval_split_items(cfg: DictConfig, source: str, eval_on_rows: bool) -> tuple
     data = cfg.data
     split = data.eval_split
     if eval_on_rows or not data.prompts_path:
-        if eval_on_rows and data.path is None:
-            raise DataError(f"data.eval_split={split}: a reward model is evaluated on pairs, and data={data.name} "
-                            f"has no data.path to read them from")
+        if is_local_file(data.path or source):
+            raise DataError(f"data.eval_split={split} reads a split of a hub dataset, but {data.path or source} is a "
+                            f"file: set data.eval_path=FILE or data.eval_fraction=F instead")
         rows, _ = read_source(data, data.path or source, split)
         kind = "pairs" if eval_on_rows else "prompts"
         items, _ = load_rows(kind, f"{data.path or source} ({split})", rows, data.skip_bad_rows)

@@ -243,7 +243,10 @@ class LMJudge:
         return ids
 
     def _prompt_text(self, prompt) -> str:
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        if isinstance(prompt, str) or len(prompt) == 1:
+            text = prompt if isinstance(prompt, str) else prompt[0]["content"]
+        else:  # a conversation (HH-RLHF's multi-turn prompts): who said what
+            text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
         return _neutralise(text, 4 * self.max_response_chars)
 
     def _wrap(self, body: str, cue: str) -> str:
