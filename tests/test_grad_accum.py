@@ -33,7 +33,7 @@ B = 4  # micro-batch; the scratch data has 8 pairs (16 unpaired rows), so one 2B
 class SGDForTest(torch.optim.SGD):
     """Plain SGD standing in for the trainer's AdamW (same keyword arguments), so an update is -lr * gradient."""
 
-    def __init__(self, params, lr, weight_decay=0.0):
+    def __init__(self, params, lr, weight_decay=0.0, fused=None):
         super().__init__(params, lr=lr)
 
 

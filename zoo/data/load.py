@@ -12,14 +12,10 @@ import json
 import random
 from pathlib import Path
 
-from datasets import Dataset
-from pyarrow import ArrowException
-from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-from trl.data_utils import extract_prompt, unpair_preference_dataset
-
 from zoo.data.formats import convert_rows
 from zoo.data.schema import DataError, validate_row, validate_rows
 from zoo.data.collate import BATCH_KINDS
+from zoo.data.tokenize import PreTokenized, standard_texts
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -99,6 +95,8 @@ def to_schema(rows: list[dict], kind: str) -> list[dict]:
         implicit_prompt = "prompt" not in row and "chosen" in row and "rejected" in row
         if kind in ("pairs", "demonstrations", "prompts") and implicit_prompt:
             if isinstance(row["chosen"], (str, list)) and isinstance(row["rejected"], (str, list)):
+                from trl.data_utils import extract_prompt  # imported where needed: trl and datasets cost 0.5 s
+
                 row = {**row, **extract_prompt(row)}
         if kind == "demonstrations" and "completion" not in row:
             if "messages" in row and isinstance(row["messages"], list) and row["messages"]:
@@ -119,6 +117,11 @@ def unpair(rows: list[dict], source: str = "rows") -> list[dict]:
     and the row order, that TRL's KTOTrainer sees: per map batch of 1,000 pairs, every (prompt, chosen,
     label=True) row, then every (prompt, rejected, label=False) row; other fields are kept. Columns are
     those of the first row (Arrow's table), which validation has checked."""
+    from datasets import Dataset  # imported where needed: datasets and trl cost 0.5 s of every run's start
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from pyarrow import ArrowException
+    from trl.data_utils import unpair_preference_dataset
+
     try:
         table = Dataset.from_list(rows)
     except (TypeError, ValueError, ArrowException) as err:  # e.g. strings in one row, messages in another
@@ -151,6 +154,7 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, source: str, max_lengt
     ``prepend_bos``: the loss's declaration (``zoo.data.tokenize``)."""
     out, skipped = [], 0
     tokenize = BATCH_KINDS[kind].tokenize
+    tokenizer = PreTokenized(tokenizer, (text for row in rows for text in standard_texts(tokenizer, row)))
     for i, row in enumerate(rows):
         item = {"row": i, **tokenize(tokenizer, row, prepend_bos)}
         prompt_ids = item["prompt_ids"]

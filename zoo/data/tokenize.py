@@ -13,7 +13,20 @@ not start with it, as TRL's ORPOTrainer does even for tokenizers that do not add
 
 from __future__ import annotations
 
-from trl.data_utils import common_prefix_length, is_conversational
+
+def is_messages(value) -> bool:
+    """A conversational field: a list of ``{"role", "content"}`` messages (TRL's test: a role on the first)."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def common_prefix_length(ids: list[int], other_ids: list[int]) -> int:
+    """How many leading tokens two id lists share (where a completion starts after its prompt, as in TRL)."""
+    length = 0
+    for token, other in zip(ids, other_ids):
+        if token != other:
+            break
+        length += 1
+    return length
 
 
 def _ids(tokenizer, text_or_messages, **chat_kwargs) -> list[int]:
@@ -30,17 +43,53 @@ def _with_bos(tokenizer, prompt_ids: list[int]) -> list[int]:
     return prompt_ids if bos is None or prompt_ids[:1] == [bos] else [bos] + prompt_ids
 
 
+def full_text(tokenizer, prompt: str, completion: str) -> str:
+    """A standard example's prompt + completion + EOS (no second EOS when the completion has one)."""
+    eos = tokenizer.eos_token
+    return prompt + (completion if completion.endswith(eos) else completion + eos)
+
+
+class PreTokenized:
+    """``tokenizer`` with the ids of ``texts`` encoded up front in one batched call (a fast tokenizer encodes a
+    batch in parallel and without per-call overhead: 16,000 single calls cost ~0.9 s on the world's pairs).
+    Calls for those texts, without options, return the stored ids; anything else goes to the tokenizer."""
+
+    def __init__(self, tokenizer, texts):
+        self._tokenizer = tokenizer
+        unique = list(dict.fromkeys(texts))
+        self._ids = dict(zip(unique, tokenizer(unique)["input_ids"])) if unique else {}
+
+    def __call__(self, text, **kwargs):
+        if kwargs or not isinstance(text, str) or text not in self._ids:
+            return self._tokenizer(text, **kwargs)
+        return {"input_ids": self._ids[text]}
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def standard_texts(tokenizer, row: dict) -> list[str]:
+    """The strings ``tokenize_completion`` encodes for a standard (string) row of any batch kind."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        return []
+    texts = [prompt]
+    for key in ("completion", "chosen", "rejected"):
+        if isinstance(row.get(key), str):
+            texts.append(full_text(tokenizer, prompt, row[key]))
+    return texts
+
+
 def tokenize_completion(tokenizer, prompt, completion, prepend_bos: bool = False) -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids) for one prompt/completion in TRL's way (see module docstring)."""
     if isinstance(prompt, list) and isinstance(completion, str):  # a sampled reply to a chat prompt
         completion = [{"role": "assistant", "content": completion}]
-    if is_conversational({"prompt": prompt, "completion": completion}):
+    if is_messages(prompt) or is_messages(completion):
         prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True)
         full_ids = _ids(tokenizer, prompt + completion)
     else:
-        eos = tokenizer.eos_token
         prompt_ids = _ids(tokenizer, prompt)
-        full_ids = _ids(tokenizer, prompt + (completion if completion.endswith(eos) else completion + eos))
+        full_ids = _ids(tokenizer, full_text(tokenizer, prompt, completion))
     split = common_prefix_length(prompt_ids, full_ids)
     return (_with_bos(tokenizer, full_ids[:split]) if prepend_bos else full_ids[:split]), full_ids[split:]
 

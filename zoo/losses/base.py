@@ -118,6 +118,9 @@ class Loss(nn.Module):
     # "logps" losses read completion log-probs; one that also reads the prompt's (ORPO's NLL) says so, and
     # only then do the prompt positions go through the LM head
     needs_all_token_logps: bool = False
+    # a loss that reads the second half of a batch's rows only detached (KTO's KL rows, whose mean is the
+    # reference point z0) says so, and the trainer runs the policy on that half without autograd
+    detached_second_half: ClassVar[bool] = False
 
     def forward(self, policy, reference) -> LossOutput:  # pragma: no cover
         raise NotImplementedError

@@ -94,6 +94,7 @@ class KTOLoss(Loss):
     batch_kind: ClassVar[str] = "unpaired"
     needs_reference: ClassVar[bool] = True
     model_output: ClassVar[str] = "logps"
+    detached_second_half: ClassVar[bool] = True  # z0 is detached: the KL rows need no backward
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
         super().__init__()
