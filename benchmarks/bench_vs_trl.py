@@ -7,7 +7,9 @@
 Each repetition runs, for each (model, algorithm), ``zoo train`` and TRL's trainer (``benchmarks/trl_job.py``)
 as fresh processes, one after the other, in alternating order (zoo first on even repetitions), each under
 ``/usr/bin/time`` for its whole-process wall time and peak RSS. zoo starts from an empty stage cache every
-time (a sweep's first run: it pays for anything it precomputes). Same model and tokenizer, same pairs
+time (a sweep's first run: it pays for anything it precomputes), or with ``--sweep`` from one cache that its
+first repetition fills (the runs of a sweep: the reference's outputs on batches met before are read, not
+computed; ``zoo.refcache``). Same model and tokenizer, same pairs
 (``--data``, default: 4,000 pairs from the world's demonstrations, chosen = a review's own continuation,
 rejected = another review's), batch, steps, learning rate, beta, max length, float32, evaluation off,
 logging at the last step only, no checkpoints, gradient checkpointing off on both sides.
@@ -103,7 +105,9 @@ def run_pair(algo: str, model_name: str, model: Path, data: Path, args, work: Pa
     for side in order:
         out = work / f"{model_name}-{algo}-{side}-{rep}"
         if side == "zoo":
-            cache = work / f"cache-{model_name}-{algo}-{rep}"  # empty: a sweep's first run
+            # empty every time (a sweep's first run), or, with --sweep, one cache for all repetitions: the
+            # first pays for the reference's outputs, the others read them (zoo.refcache), as a sweep's runs do
+            cache = work / (f"cache-{model_name}-{algo}" if args.sweep else f"cache-{model_name}-{algo}-{rep}")
             wall, rss, proc = timed(zoo_cmd(algo, model, data, args, out, lora), {**env, "ZOO_CACHE": str(cache)})
             metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
             sps = metrics.get("samples_per_second")
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="where runs and the 30M model go (default: a temp dir)")
     parser.add_argument("--cache", default=os.environ.get("ZOO_CACHE", "outputs/cache"), help="for smollm2's fetch")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sweep", action="store_true", help="zoo's repetitions share one stage cache (a sweep)")
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))

@@ -149,6 +149,9 @@ class TrainerConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     mixed_precision: str = "no"  # accelerate: no | bf16 | fp16
     cpu_threads: int | None = None  # torch.set_num_threads; null leaves torch's default
+    # offline losses: the reference's log-probs of each batch cached on disk (stages.cache_dir) and reused by
+    # any run that meets the same batch again (zoo.refcache: keyed by content, the same numbers cold or warm)
+    reference_cache: bool = True
 
 
 @dataclass

@@ -45,6 +45,7 @@ from zoo.config import TrainerConfig
 from zoo.data.batches import BatchSource, DatasetBatches, StepBatches  # noqa: F401 - fit's sources, for its callers
 from zoo.losses.base import Loss
 from zoo.models import Reference
+from zoo.refcache import ReferenceCache
 
 
 @dataclass
@@ -193,8 +194,22 @@ def _policy_forward(forward, model: torch.nn.Module, batch: dict, loss_fn: Loss)
     return type(graded)(**joined)
 
 
+def _reference_output(t: _Training, forward, batch: dict, reference: Reference, cache: ReferenceCache | None):
+    """The frozen reference's output on ``batch``: from the cache when a run met this batch before, else
+    computed (and stored)."""
+    cached = cache.get(batch) if cache is not None else None
+    if cached is not None:
+        return cached
+    with torch.no_grad(), reference.model(t.accelerator.unwrap_model(t.policy)) as ref_model:
+        out = forward(ref_model, batch)
+    if cache is not None:
+        cache.put(batch, out)
+    return out
+
+
 def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference | None, cfg: TrainerConfig,
-                window_tokens: torch.Tensor | None, micro: int, step: int) -> dict[str, float]:
+                window_tokens: torch.Tensor | None, micro: int, step: int,
+                reference_cache: ReferenceCache | None = None) -> dict[str, float]:
     """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
     window, the clipped update; returns the micro-batch's metrics, gathered over processes."""
     forward = MODEL_KINDS[loss_fn.model_output].forward
@@ -204,8 +219,7 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
         policy_out = _policy_forward(forward, t.policy, batch, loss_fn)
         reference_out = None
         if loss_fn.needs_reference:
-            with torch.no_grad(), reference.model(t.accelerator.unwrap_model(t.policy)) as ref_model:
-                reference_out = forward(ref_model, batch)
+            reference_out = _reference_output(t, forward, batch, reference, reference_cache)
         out = loss_fn(policy_out, reference_out)
         loss = out.objective(window_tokens, micro)  # this micro-batch's share of the window's objective
         if not torch.isfinite(loss):
@@ -220,11 +234,13 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
 
 
 def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: TrainerConfig, run_dir: str | Path,
-        seed: int = 0, reference: Reference | None = None, desc: str = "train") -> FitResult:
+        seed: int = 0, reference: Reference | None = None, desc: str = "train",
+        reference_cache: ReferenceCache | None = None) -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
 
     ``source`` is a :class:`~zoo.data.batches.BatchSource`: a dataset (``DatasetBatches``) or an online
     source; its micro-batches are asked for by number, so a resumed run continues where it stopped.
+    ``reference_cache`` (``zoo.refcache``) serves the reference's outputs on batches met before.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +261,8 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
                dynamic_ncols=True)
     for micro_batches in _windows(loader, cfg.grad_accum_steps):
         window_tokens = _window_tokens(t.accelerator, loss_fn, micro_batches)
-        window += [_micro_step(t, loss_fn, batch, reference, cfg, window_tokens, micro, step) for batch in micro_batches]
+        window += [_micro_step(t, loss_fn, batch, reference, cfg, window_tokens, micro, step, reference_cache)
+                   for batch in micro_batches]
         if not t.accelerator.sync_gradients:
             raise RuntimeError(f"an accumulation window of {len(micro_batches)} micro-batches ended without an "
                                f"optimizer step (trainer.grad_accum_steps={cfg.grad_accum_steps})")

@@ -1,0 +1,90 @@
+"""The frozen reference's log-probs, cached on disk per batch and reused by every run that meets the batch
+again (``trainer.reference_cache``).
+
+An offline loss (DPO, IPO, KTO) runs the frozen reference on every batch, about a fifth of a DPO step and
+a third of a KTO step. The runs of a sweep meet the same batches again: the same data, seed and batch size
+give the same batches in the same order (``zoo.data.batches.StepBatches``), so DPO and IPO of one seed, a
+rerun, or a benchmark's repetitions all ask the reference the same questions. Each batch's reference
+output is stored under a key of everything it depends on, and read instead of computed.
+
+**The key cannot go stale.** It is the digest of the batch's own tensors (the token ids, masks and any
+labels, hence the tokenization, truncation and batch composition: KTO's KL rows, which pair each prompt
+with another row's completion, are part of the batch and so of the key), inside a directory keyed by the
+reference's weights (a stage's key, or the digest of the model directory), its dtype, attention
+implementation, quantization and LoRA wrapping, the device type, and ``CACHE_VERSION`` (bumped whenever
+the log-prob forward changes its float rounding). A cached output is the very tensor the first run
+computed for that batch, so a run gives the same numbers with the cache cold or warm (TRL's
+``precompute_ref_log_probs`` recomputes per run).
+
+Online sources (PPO's rollouts, online DPO's pairs) never repeat a batch and do not use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from zoo.losses.base import SequenceLogps
+
+# Bump when the log-prob forward (zoo.models.token_logps and what it calls) changes its numbers.
+CACHE_VERSION = 1
+
+
+def model_identity(path: str) -> str:
+    """A model's identity for a cache key: the key of the stage that built it (``stage.json`` beside a
+    stage's ``model/``: cheap), else the digest of its directory, else its hub id."""
+    from zoo.stages import identity
+
+    stage = Path(path).parent / "stage.json"
+    if stage.exists():
+        return "stage:" + json.loads(stage.read_text())["key"]
+    return identity(path)
+
+
+class ReferenceCache:
+    """Reference outputs (``SequenceLogps``) on disk under ``root/<setting key>/<batch digest>.safetensors``."""
+
+    def __init__(self, root: str | Path, setting: dict):
+        blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
+        self.dir = Path(root) / ("reference-logps-" + hashlib.sha256(blob).hexdigest()[:16])
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def digest(batch: dict) -> str:
+        """The digest of a collated batch's tensors (names, dtypes, shapes and bytes), the metrics aside."""
+        h = hashlib.sha256()
+        for name in sorted(batch):
+            value = batch[name]
+            if torch.is_tensor(value):
+                t = value.detach().cpu().contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, batch: dict) -> SequenceLogps | None:
+        path = self.dir / f"{self.digest(batch)}.safetensors"
+        if not path.exists():
+            self.misses += 1
+            return None
+        stored = load_file(str(path), device=str(batch["input_ids"].device))
+        self.hits += 1
+        return SequenceLogps(**stored, labels=batch.get("labels"))
+
+    def put(self, batch: dict, out: SequenceLogps) -> None:
+        """Store ``out`` for ``batch`` (written to a temp file and renamed: never half an entry)."""
+        tensors = {f.name: getattr(out, f.name).detach().contiguous().cpu() for f in fields(out)
+                   if f.name != "labels" and getattr(out, f.name) is not None}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{self.digest(batch)}.safetensors"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses}
