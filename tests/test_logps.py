@@ -73,3 +73,50 @@ def test_sequence_logps_reads_prompt_tokens_only_when_asked(batch):
     assert completion_only.all_token_logps is None
     torch.testing.assert_close(completion_only.token_logps, everything.token_logps)
     torch.testing.assert_close(everything.all_token_logps, full * attention_mask[:, 1:], atol=2e-5, rtol=1e-5)
+
+
+def test_pack_rows_fits_whole_sequences_first_fit_decreasing():
+    from zoo.models import pack_rows
+
+    rows = pack_rows([5, 9, 3, 7, 2], width=10)
+    assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]  # every sequence once, whole
+    assert all(sum([5, 9, 3, 7, 2][i] for i in row) <= 10 for row in rows)
+    assert rows == [[1], [3, 2], [0, 4]]  # 9 | 7+3 | 5+2
+
+
+@pytest.mark.parametrize("family", ["smollm2-135m", "qwen2.5-0.5b", "pythia-160m", "llama-3.2-1b", "gpt2"])
+def test_the_padding_free_forward_equals_the_padded_one(family, tmp_path):
+    """Sequences packed into rows (position_ids restarting) give each real token the hidden state it has in
+    the padded batch, for every hub architecture zoo ships a config for."""
+    from hub_models import HUB_MODELS, write_model
+
+    from zoo.models import _packed_hidden, _trunk_and_head, packing_works
+
+    model = load_causal_lm(str(write_model(HUB_MODELS[family], tmp_path / family)))
+    trunk, _ = _trunk_and_head(model)
+    assert packing_works(trunk)
+    ids = torch.randint(3, 900, (6, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate([20, 4, 9, 13, 7, 3]):
+        mask[i, :n] = 1
+    with torch.no_grad():
+        padded = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        packed = _packed_hidden(trunk, ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(packed[real], padded[real], atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_that_ignores_position_restarts_keeps_the_padded_forward():
+    """A trunk that reads packed rows as one sequence (no boundaries) fails the once-per-model check."""
+    from zoo.models import packing_works
+
+    class OneSequence(torch.nn.Module):  # attends across the whole row: what packing must never meet
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+    model = load_causal_lm(str(paths.MODEL))
+    assert not packing_works(OneSequence(model.model))

@@ -320,7 +320,10 @@ def packing_works(trunk: nn.Module) -> bool:
                 padded = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 packed = _packed_hidden(trunk, ids, mask)
             real = mask.bool()
-            ok = packed is not None and torch.allclose(packed[real].float(), padded[real].float(), atol=1e-4, rtol=1e-3)
+            # float rounding differs by dtype; attention across sequences would differ by O(1) in any dtype
+            tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
+            ok = packed is not None and torch.allclose(packed[real].float(), padded[real].float(), atol=tolerance,
+                                                       rtol=tolerance)
         except (TypeError, ValueError, RuntimeError):  # a forward without position_ids, or another mask contract
             ok = False
         finally:

@@ -42,9 +42,8 @@ def model_identity(path: str) -> str:
     from zoo.stages import identity
 
     stage = Path(path).parent / "stage.json"
-    if stage.exists():
-        return "stage:" + json.loads(stage.read_text())["key"]
-    return identity(path)
+    key = json.loads(stage.read_text()).get("key") if stage.exists() else None
+    return f"stage:{key}" if key else identity(path)
 
 
 class ReferenceCache:
