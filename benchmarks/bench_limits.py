@@ -15,8 +15,10 @@ prompts with its cached stages):
 
 Achieved FLOP/s = (1) / (2). The peak is the best of 5 float32 ``torch.mm`` calls of 2048 x 2048 matrices on
 the same threads, the most a dense matmul reaches here; the fraction says how much of a step is not spent
-in large matmuls (small layers, elementwise ops, Python, the optimizer). Memory: each run's peak RSS minus
-its RSS before the models were loaded (``peak_memory_mb - memory_before_models_mb``), PPO over SFT.
+in large matmuls (small layers, elementwise ops, Python, the optimizer). The reference cache is off, so a
+step includes the reference's forward. Memory: SFT and PPO again as fresh ``zoo train`` processes, each
+run's peak RSS minus its RSS before the models were loaded (``peak_memory_mb - memory_before_models_mb``),
+PPO over SFT.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +50,17 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def overrides(algo: str, steps: int, data: Path, cache: Path) -> list[str]:
+    """The run's ``zoo train`` overrides: world model, batch 16, evaluation off, the reference cache off
+    (the whole step, the reference's forward included)."""
+    common = [f"algo={algo}", f"trainer.max_steps={steps}", "trainer.batch_size=16", "trainer.warmup_steps=0",
+              f"trainer.log_every={steps}", "trainer.save_every=0", "eval.num_prompts=0", "data.max_length=96",
+              f"stages.cache_dir={cache}", "trainer.reference_cache=false"]
+    if algo != "ppo":  # PPO samples its own completions: the world's prompts and cached reward model
+        common += ["data=local", f"data.path={data}"]
+    return common
+
+
 def compose(algo: str, steps: int, data: Path, cache: Path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -54,13 +68,17 @@ def compose(algo: str, steps: int, data: Path, cache: Path):
     from zoo.config import register_configs
 
     register_configs()
-    common = [f"algo={algo}", f"trainer.max_steps={steps}", "trainer.batch_size=16", "trainer.warmup_steps=0",
-              f"trainer.log_every={steps}", "trainer.save_every=0", "eval.num_prompts=0", "data.max_length=96",
-              f"stages.cache_dir={cache}"]
-    if algo != "ppo":  # PPO samples its own completions: the world's prompts and cached reward model
-        common += ["data=local", f"data.path={data}"]
     with initialize_config_dir(config_dir=str(ROOT / "zoo" / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=common)
+        return hydra_compose(config_name="train", overrides=overrides(algo, steps, data, cache))
+
+
+def run_memory_mb(algo: str, steps: int, data: Path, cache: Path, out: Path) -> float:
+    """A fresh ``zoo train`` process's peak RSS minus its RSS before the models loaded: what the run used
+    (in one process, the RSS high-water mark of earlier runs would hide it)."""
+    cmd = [sys.executable, "-m", "zoo.cli", "train", *overrides(algo, steps, data, cache), f"hydra.run.dir={out}"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics["peak_memory_mb"] - metrics["memory_before_models_mb"]
 
 
 def measure(algo: str, steps: int, data: Path, cache: Path, work: Path) -> dict:
@@ -77,8 +95,7 @@ def measure(algo: str, steps: int, data: Path, cache: Path, work: Path) -> dict:
     flops_per_step = counter.get_total_flops() / steps
     seconds_per_step = timed["train_seconds"] / steps
     return {"flops_per_step": flops_per_step, "seconds_per_step": seconds_per_step,
-            "achieved_flops": flops_per_step / seconds_per_step,
-            "run_memory_mb": timed["peak_memory_mb"] - timed["memory_before_models_mb"]}
+            "achieved_flops": flops_per_step / seconds_per_step}
 
 
 def main() -> None:
@@ -100,10 +117,12 @@ def main() -> None:
         results[algo] = measure(algo, args.steps, data, cache, work)
         r = results[algo]
         print(f"{algo:<6} {r['flops_per_step'] / 1e9:8.2f} GFLOP/step {r['seconds_per_step'] * 1e3:8.1f} ms/step "
-              f"{r['achieved_flops'] / 1e9:7.2f} GFLOP/s = {r['achieved_flops'] / peak:6.1%} of peak, "
-              f"run memory {r['run_memory_mb']:.0f} MB", flush=True)
+              f"{r['achieved_flops'] / 1e9:7.2f} GFLOP/s = {r['achieved_flops'] / peak:6.1%} of peak", flush=True)
     if "ppo" in results and "sft" in results:
-        print(f"PPO / SFT run memory: {results['ppo']['run_memory_mb'] / results['sft']['run_memory_mb']:.2f}")
+        memory = {a: run_memory_mb(a, args.steps, data, cache, work / f"{a}-memory") for a in ("sft", "ppo")}
+        results["memory_mb"] = memory
+        print(f"run memory (fresh processes): SFT {memory['sft']:.0f} MB, PPO {memory['ppo']:.0f} MB, "
+              f"PPO / SFT {memory['ppo'] / memory['sft']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_flops": peak, "steps": args.steps, "results": results},
                                         indent=2))
