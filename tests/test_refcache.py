@@ -66,3 +66,23 @@ def test_online_sources_do_not_use_the_cache(tmp_path):
     metrics, _, _ = train(tmp_path, "online", tmp_path / "cache", "algo=online_dpo")
     assert "reference_cache" not in metrics
     assert not list((tmp_path / "cache").glob("reference-logps-*"))
+
+
+def test_the_evaluation_reads_the_reference_samples_a_run_with_the_same_reference_drew(tmp_path):
+    """DPO and IPO of one seed are evaluated against the same reference samples: the second run reads them,
+    and its metrics and samples are the ones it would have computed itself."""
+    cache = tmp_path / "cache"
+    overrides = ["eval.num_prompts=8", "experiment=smoke", "trainer.save_every=0", f"stages.cache_dir={cache}"]
+    first = run.train(compose_train(["algo=dpo", *overrides]), tmp_path / "dpo")
+    assert len(list((cache / "eval-reference").glob("*.json"))) == 1
+    warm = run.train(compose_train(["algo=ipo", *overrides]), tmp_path / "ipo-warm")
+    cold = run.train(compose_train(["algo=ipo", "eval.reference_cache=false", *overrides]), tmp_path / "ipo-cold")
+    assert len(list((cache / "eval-reference").glob("*.json"))) == 1  # the same entry: nothing new drawn
+    for key in ("gold_reward", "ref_gold_reward", "win_rate_vs_ref", "kl_to_ref", "ref_nll_under_ref", "ref_fluency",
+                "ref_mean_length", "ref_repeated_3grams"):
+        assert warm[key] == cold[key], key
+    assert first["ref_gold_reward"] == warm["ref_gold_reward"]
+    assert (tmp_path / "ipo-warm" / "samples.jsonl").read_text() == (tmp_path / "ipo-cold" / "samples.jsonl").read_text()
+    other_seed = run.train(compose_train(["algo=ipo", "seed=1", *overrides]), tmp_path / "ipo-seed1")
+    assert len(list((cache / "eval-reference").glob("*.json"))) == 2  # another eval seed: its own samples
+    assert other_seed["status"] == "finished"

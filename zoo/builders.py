@@ -68,9 +68,9 @@ def _policy_and_reference(cfg: DictConfig, init_path: str, reference_path: str) 
         p = cfg.peft
         policy = apply_lora(policy, p.r, p.alpha, p.dropout, p.target_modules, quantized=cfg.quant.bits is not None)
     if cfg.peft.enabled and init_path == reference_path:
-        return policy, Reference(policy, None)  # the base with adapters disabled: no second copy
+        return policy, Reference(policy, None, reference_path)  # the base with adapters disabled: no second copy
     return policy, Reference(policy, load_causal_lm(reference_path, m.dtype, m.trust_remote_code, cfg.quant.bits,
-                                                    m.get("attn_implementation")))
+                                                    m.get("attn_implementation")), reference_path)
 
 
 def build_policy(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None) -> Built:

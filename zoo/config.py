@@ -163,6 +163,9 @@ class EvalConfig:
     # off the world, a feedback source that is an LM judge also measures judge_win_rate_vs_ref (the
     # world always does, with its own judge)
     judge_with_feedback: bool = True
+    # the reference's samples and their log-probs cached on disk (stages.cache_dir) and reused by every run
+    # evaluated with the same reference, prompts, seed and sampling settings (zoo.refcache)
+    reference_cache: bool = True
 
 
 @dataclass

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import tokenize_rows
 from zoo.models import Reference, sequence_logps, sequence_scores
+from zoo.refcache import ReferenceSamplesCache, model_identity
 from zoo.rollout import Samples, sample
 
 
@@ -97,18 +98,26 @@ def completion_logps(model, samples: Samples, pad_token_id: int, batch_size: int
 
 def evaluate(policy, reference: Reference, tokenizer, prompts: list, max_new_tokens: int, temperature: float,
              batch_size: int, seed: int, task: TaskMetrics | None = None,
-             reference_samples: Samples | None = None, judge=None) -> tuple[dict, list[dict]]:
+             reference_samples: Samples | None = None, judge=None,
+             reference_cache: ReferenceSamplesCache | None = None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt sample rows for ``policy`` vs ``reference`` on ``prompts``; gold reward, win
-    rate and fluency with ``task``'s metrics, the judge win rate with ``judge``."""
+    rate and fluency with ``task``'s metrics, the judge win rate with ``judge``. The reference's samples and
+    their log-probs come from ``reference_cache`` when a run with the same reference drew them before."""
     pad = tokenizer.pad_token_id
     policy_samples = sample(policy, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
                             desc="eval: policy samples")
+    cached = reference_cache.load() if reference_cache is not None and reference_samples is None else None
     with reference.model(policy) as ref_model:
-        if reference_samples is None:
+        if cached is not None:
+            reference_samples, ref_on_ref, ref_counts = cached
+        elif reference_samples is None:
             reference_samples = sample(ref_model, tokenizer, prompts, max_new_tokens, temperature, batch_size,
                                        seed + 1, desc="eval: reference samples")
         ref_logps, _ = completion_logps(ref_model, policy_samples, pad, batch_size)
-        ref_on_ref, ref_counts = completion_logps(ref_model, reference_samples, pad, batch_size)
+        if cached is None:
+            ref_on_ref, ref_counts = completion_logps(ref_model, reference_samples, pad, batch_size)
+            if reference_cache is not None:
+                reference_cache.save(reference_samples, ref_on_ref, ref_counts)
     pol_logps, lengths = completion_logps(policy, policy_samples, pad, batch_size)
     kl = (pol_logps - ref_logps).tolist()
 
@@ -218,8 +227,19 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference: Reference, tokenizer
     judge = task.judge() if task is not None else None  # None: the task has no judge of its own
     if judge is None and cfg.eval.judge_with_feedback and hasattr(get_object(cfg.feedback.source._target_), "judge"):
         judge = instantiate(cfg.feedback.source)
+    seed = 10_000 + cfg.seed
+    cache = None
+    if cfg.eval.get("reference_cache", True) and reference.source is not None:
+        m = cfg.model
+        cache = ReferenceSamplesCache(cfg.stages.cache_dir, {
+            "reference": model_identity(reference.source), "prompts": prompts, "seed": seed,
+            "max_new_tokens": cfg.eval.max_new_tokens, "temperature": cfg.eval.temperature,
+            "batch_size": cfg.eval.batch_size, "dtype": m.dtype, "attn_implementation": m.get("attn_implementation"),
+            "quant_bits": cfg.quant.bits, "lora_base": bool(cfg.peft.enabled), "eos": tokenizer.eos_token_id,
+            "pad": tokenizer.pad_token_id, "chat_template": tokenizer.chat_template,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"})
     return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                    cfg.eval.batch_size, seed=10_000 + cfg.seed, task=task, judge=judge)
+                    cfg.eval.batch_size, seed=seed, task=task, judge=judge, reference_cache=cache)
 
 
 def evaluate_reward_run(cfg: DictConfig, model, reference, tokenizer, pairs: list, task: TaskMetrics | None

@@ -188,9 +188,10 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
 class Reference:
     """The frozen reference policy: a separate frozen model, or the LoRA policy with adapters off."""
 
-    def __init__(self, policy: nn.Module, separate: nn.Module | None):
+    def __init__(self, policy: nn.Module, separate: nn.Module | None, source: str | None = None):
         self.policy = policy
         self.separate = separate
+        self.source = source  # the reference's weights (a directory or hub id), for cache keys
         if separate is not None:
             separate.eval().requires_grad_(False)
 

@@ -87,3 +87,34 @@ class ReferenceCache:
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses}
+
+
+class ReferenceSamplesCache:
+    """The evaluation's reference side, cached on disk: the reference's samples for the eval prompts and their
+    log-probs under it. Every run of a comparison with the same seed evaluates against the same reference
+    samples (same reference, prompts, seed, sampling settings), so the first run draws them and the others
+    read them. The key holds everything the samples depend on; they are the very samples the first run
+    drew, so a run's metrics are the same with the cache cold or warm."""
+
+    def __init__(self, root: str | Path, setting: dict):
+        blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
+        self.path = Path(root) / "eval-reference" / f"{hashlib.sha256(blob).hexdigest()[:24]}.json"
+
+    def load(self):
+        """(Samples, log-probs (N,), lengths (N,)) or None."""
+        from zoo.rollout import Samples
+
+        if not self.path.exists():
+            return None
+        stored = json.loads(self.path.read_text())
+        samples = Samples(stored["prompts"], stored["prompt_ids"], stored["completion_ids"], stored["texts"],
+                          stored["ended"])
+        return samples, torch.tensor(stored["logps"]), torch.tensor(stored["lengths"])
+
+    def save(self, samples, logps: torch.Tensor, lengths: torch.Tensor) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"prompts": samples.prompts, "prompt_ids": samples.prompt_ids,
+                                   "completion_ids": samples.completion_ids, "texts": samples.texts,
+                                   "ended": samples.ended, "logps": logps.tolist(), "lengths": lengths.tolist()}))
+        tmp.replace(self.path)
