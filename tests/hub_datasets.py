@@ -24,27 +24,22 @@ def _msg(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
+def _ultrafeedback(question: str, chosen: str, rejected: str, score_chosen: float, score_rejected: float) -> dict:
+    """One trl-lib/ultrafeedback_binarized row: both sides are the whole conversation (the prompt implicit)."""
+    user = _msg("user", question)
+    return {"chosen": [user, _msg("assistant", chosen)], "rejected": [user, _msg("assistant", rejected)],
+            "score_chosen": score_chosen, "score_rejected": score_rejected}
+
+
 ULTRAFEEDBACK = [
-    {"chosen": [_msg("user", "Name a color of the sky."), _msg("assistant", "Blue, on a clear day.")],
-     "rejected": [_msg("user", "Name a color of the sky."), _msg("assistant", "Cheese.")],
-     "score_chosen": 8.5, "score_rejected": 2.0},
-    {"chosen": [_msg("user", "What is 2 + 2?"), _msg("assistant", "2 + 2 = 4.")],
-     "rejected": [_msg("user", "What is 2 + 2?"), _msg("assistant", "Five, I think.")],
-     "score_chosen": 10.0, "score_rejected": 3.0},
-    {"chosen": [_msg("user", "Say hello politely."), _msg("assistant", "Hello, nice to meet you.")],
-     "rejected": [_msg("user", "Say hello politely."), _msg("assistant", "What do you want?")],
-     "score_chosen": 9.0, "score_rejected": 4.5},
-    {"chosen": [_msg("user", "Give me a fruit."), _msg("assistant", "An apple.")],
-     "rejected": [_msg("user", "Give me a fruit."), _msg("assistant", "No.")],
-     "score_chosen": 7.0, "score_rejected": 1.0},
+    _ultrafeedback("Name a color of the sky.", "Blue, on a clear day.", "Cheese.", 8.5, 2.0),
+    _ultrafeedback("What is 2 + 2?", "2 + 2 = 4.", "Five, I think.", 10.0, 3.0),
+    _ultrafeedback("Say hello politely.", "Hello, nice to meet you.", "What do you want?", 9.0, 4.5),
+    _ultrafeedback("Give me a fruit.", "An apple.", "No.", 7.0, 1.0),
 ]
 ULTRAFEEDBACK_TEST = [
-    {"chosen": [_msg("user", "Name a planet."), _msg("assistant", "Mars.")],
-     "rejected": [_msg("user", "Name a planet."), _msg("assistant", "The moon is a planet.")],
-     "score_chosen": 9.0, "score_rejected": 3.0},
-    {"chosen": [_msg("user", "Spell cat."), _msg("assistant", "C-A-T.")],
-     "rejected": [_msg("user", "Spell cat."), _msg("assistant", "K-A-T.")],
-     "score_chosen": 9.5, "score_rejected": 2.5},
+    _ultrafeedback("Name a planet.", "Mars.", "The moon is a planet.", 9.0, 3.0),
+    _ultrafeedback("Spell cat.", "C-A-T.", "K-A-T.", 9.5, 2.5),
 ]
 
 

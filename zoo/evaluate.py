@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import tokenize_rows
 from zoo.models import Reference, sequence_logps, sequence_scores
-from zoo.refcache import ReferenceSamplesCache, model_identity
+from zoo.refcache import ReferenceSamplesCache, reference_setting
 from zoo.rollout import Samples, sample
 
 
@@ -230,14 +230,11 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference: Reference, tokenizer
     seed = 10_000 + cfg.seed
     cache = None
     if cfg.eval.get("reference_cache", True) and reference.source is not None:
-        m = cfg.model
         cache = ReferenceSamplesCache(cfg.stages.cache_dir, {
-            "reference": model_identity(reference.source), "prompts": prompts, "seed": seed,
+            **reference_setting(cfg, reference), "prompts": prompts, "seed": seed,
             "max_new_tokens": cfg.eval.max_new_tokens, "temperature": cfg.eval.temperature,
-            "batch_size": cfg.eval.batch_size, "dtype": m.dtype, "attn_implementation": m.get("attn_implementation"),
-            "quant_bits": cfg.quant.bits, "lora_base": bool(cfg.peft.enabled), "eos": tokenizer.eos_token_id,
-            "pad": tokenizer.pad_token_id, "chat_template": tokenizer.chat_template,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"})
+            "batch_size": cfg.eval.batch_size, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+            "chat_template": tokenizer.chat_template})
     return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
                     cfg.eval.batch_size, seed=seed, task=task, judge=judge, reference_cache=cache)
 

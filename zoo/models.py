@@ -192,6 +192,15 @@ class Reference:
         self.policy = policy
         self.separate = separate
         self.source = source  # the reference's weights (a directory or hub id), for cache keys
+
+    @functools.cached_property
+    def identity(self) -> str | None:
+        """What the reference's weights are, for the caches' keys (``zoo.refcache.model_identity``), taken
+        once per run: the training's and the evaluation's caches both read it, and outside a stage it is the
+        digest of a whole model directory."""
+        from zoo.refcache import model_identity
+
+        return None if self.source is None else model_identity(self.source)
         if separate is not None:
             separate.eval().requires_grad_(False)
 

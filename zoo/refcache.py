@@ -46,12 +46,27 @@ def model_identity(path: str) -> str:
     return f"stage:{key}" if key else identity(path)
 
 
+def reference_setting(cfg, reference) -> dict:
+    """What the frozen ``reference`` (a ``zoo.models.Reference``) computes with besides its input: its
+    weights' identity, dtype, attention implementation, quantization, LoRA wrapping and the device. Both
+    caches' keys start from it."""
+    m = cfg.model
+    return {"reference": reference.identity, "dtype": m.dtype, "attn_implementation": m.get("attn_implementation"),
+            "quant_bits": cfg.quant.bits, "lora_base": bool(cfg.peft.enabled),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def _setting_digest(setting: dict, length: int) -> str:
+    blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
 class ReferenceCache:
-    """Reference outputs (``SequenceLogps``) on disk under ``root/<setting key>/<batch digest>.safetensors``."""
+    """Reference outputs (``SequenceLogps``) on disk under ``root/<setting key>/<batch digest>.safetensors``;
+    the trainer takes a batch's ``digest`` once and reads (``get``) or writes (``put``) under it."""
 
     def __init__(self, root: str | Path, setting: dict):
-        blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
-        self.dir = Path(root) / ("reference-logps-" + hashlib.sha256(blob).hexdigest()[:16])
+        self.dir = Path(root) / ("reference-logps-" + _setting_digest(setting, 16))
         self.hits = self.misses = 0
 
     @staticmethod
@@ -66,8 +81,9 @@ class ReferenceCache:
                 h.update(t.numpy().tobytes())
         return h.hexdigest()
 
-    def get(self, batch: dict) -> SequenceLogps | None:
-        path = self.dir / f"{self.digest(batch)}.safetensors"
+    def get(self, digest: str, batch: dict) -> SequenceLogps | None:
+        """The stored output for the batch of this ``digest``, on the batch's device, or None."""
+        path = self.dir / f"{digest}.safetensors"
         if not path.exists():
             self.misses += 1
             return None
@@ -75,12 +91,12 @@ class ReferenceCache:
         self.hits += 1
         return SequenceLogps(**stored, labels=batch.get("labels"))
 
-    def put(self, batch: dict, out: SequenceLogps) -> None:
-        """Store ``out`` for ``batch`` (written to a temp file and renamed: never half an entry)."""
+    def put(self, digest: str, out: SequenceLogps) -> None:
+        """Store ``out`` for the batch of this ``digest`` (written to a temp file and renamed: never half an entry)."""
         tensors = {f.name: getattr(out, f.name).detach().contiguous().cpu() for f in fields(out)
                    if f.name != "labels" and getattr(out, f.name) is not None}
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{self.digest(batch)}.safetensors"
+        path = self.dir / f"{digest}.safetensors"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp))
         tmp.replace(path)
@@ -97,8 +113,7 @@ class ReferenceSamplesCache:
     drew, so a run's metrics are the same with the cache cold or warm."""
 
     def __init__(self, root: str | Path, setting: dict):
-        blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
-        self.path = Path(root) / "eval-reference" / f"{hashlib.sha256(blob).hexdigest()[:24]}.json"
+        self.path = Path(root) / "eval-reference" / f"{_setting_digest(setting, 24)}.json"
 
     def load(self):
         """(Samples, log-probs (N,), lengths (N,)) or None."""

@@ -26,7 +26,7 @@ from zoo.data.split import resolve_data
 from zoo.losses.base import Loss
 from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
 from zoo.models import model_tokenizer
-from zoo.refcache import ReferenceCache, model_identity
+from zoo.refcache import ReferenceCache, reference_setting
 from zoo.stages import prepare
 from zoo.trainer import fit
 
@@ -46,15 +46,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     finally:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
-
-def reference_setting(cfg: DictConfig, reference_path: str, loss_fn: Loss) -> dict:
-    """Everything besides the batch that the reference's log-probs depend on (``zoo.refcache``)."""
-    m = cfg.model
-    return {"reference": model_identity(reference_path), "dtype": m.dtype,
-            "attn_implementation": m.get("attn_implementation"), "quant_bits": cfg.quant.bits,
-            "lora_base": bool(cfg.peft.enabled), "all_tokens": loss_fn.needs_all_token_logps,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "mixed_precision": cfg.trainer.mixed_precision}
 
 
 def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
@@ -108,7 +99,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()  # on a GPU the peak is training's alone
     reference_cache = None
     if loss_fn.needs_reference and built.online_source is None and cfg.trainer.get("reference_cache", True):
-        reference_cache = ReferenceCache(Path(cfg.stages.cache_dir), reference_setting(cfg, reference_path, loss_fn))
+        reference_cache = ReferenceCache(Path(cfg.stages.cache_dir), {  # all the batch's log-probs depend on but it
+            **reference_setting(cfg, built.reference), "all_tokens": loss_fn.needs_all_token_logps,
+            "mixed_precision": cfg.trainer.mixed_precision})
     result = fit(built.model, loss_fn, batches, cfg.trainer, run_dir, seed=cfg.seed,
                  reference=built.reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}",
                  reference_cache=reference_cache)

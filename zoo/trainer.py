@@ -197,13 +197,14 @@ def _policy_forward(forward, model: torch.nn.Module, batch: dict, loss_fn: Loss)
 def _reference_output(t: _Training, forward, batch: dict, reference: Reference, cache: ReferenceCache | None):
     """The frozen reference's output on ``batch``: from the cache when a run met this batch before, else
     computed (and stored)."""
-    cached = cache.get(batch) if cache is not None else None
+    digest = cache.digest(batch) if cache is not None else None
+    cached = cache.get(digest, batch) if cache is not None else None
     if cached is not None:
         return cached
     with torch.no_grad(), reference.model(t.accelerator.unwrap_model(t.policy)) as ref_model:
         out = forward(ref_model, batch)
     if cache is not None:
-        cache.put(batch, out)
+        cache.put(digest, out)
     return out
 
 
