@@ -141,10 +141,28 @@ def test_paired_rows_are_unpaired_and_errors_name_the_original_row():
     assert rows == unpair_preference_dataset(Dataset.from_list(explicit)).to_list()
     messages = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "b"}],
                 "rejected": [{"role": "assistant", "content": "c"}]}
-    with pytest.raises(DataError, match="p.jsonl: the pairs cannot be unpaired as one table"):
+    with pytest.raises(DataError, match="p.jsonl: row 1: field 'prompt' is a list of messages where row 0's is a "
+                                        "string: the pairs cannot be unpaired as one table"):
         load_rows("unpaired", "p.jsonl", [GOOD, messages])  # strings in one row, messages in the next
     with pytest.raises(DataError, match="row 1: field 'rejected'"):
         load_rows("unpaired", "p.jsonl", [GOOD, {"prompt": "a", "chosen": "b", "rejected": ""}])
+
+
+def test_unpairing_orders_rows_as_trl_does_per_map_batch_of_1000_pairs():
+    """2,500 pairs (three map batches, the last partial) with an extra column: zoo's own unpairing gives TRL's
+    rows in TRL's order (per batch of 1,000: the chosen rows, then the rejected), as conversational rows too."""
+    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
+
+    from zoo.data.load import unpair
+
+    pairs = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "source": i % 3} for i in range(2500)]
+    ours = unpair(pairs)
+    assert ours == unpair_preference_dataset(Dataset.from_list(pairs)).to_list()
+    assert [r["label"] for r in ours[:1000]] == [True] * 1000 and ours[1000]["completion"] == "bad 0"
+    chats = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
+              "rejected": [{"role": "assistant", "content": f"b{i}"}]} for i in range(3)]
+    assert unpair(chats) == unpair_preference_dataset(Dataset.from_list(chats)).to_list()
 
 
 def test_unpaired_collator_stacks_examples_then_shifted_kl_rows():

@@ -245,9 +245,15 @@ def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 def _label_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(...) log p(label) from (..., V) logits: the label's logit minus the logsumexp, in float32."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    """(...) log p(label) from (..., V) logits, in float32: minus the cross-entropy, whose fused log-softmax
+    and its backward take one pass over the logits each (the label's logit minus a ``logsumexp`` takes five:
+    measured on the world's (1300, 1536) logits, fwd + bwd 15.0 -> 11.6 ms)."""
+    logits = logits.float()
+    if temperature != 1.0:  # a division is a full pass over the logits too
+        logits = logits / temperature
+    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             reduction="none", ignore_index=-1)  # ids are >= 0: nothing ignored
+    return -flat.view(labels.shape)
 
 
 def _chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -271,14 +277,17 @@ def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
     return rows
 
 
-def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """(N, T, H) hidden states of a right-padded batch computed without its padding, or None when packing
-    saves no row. The N sequences are packed whole into R < N rows of at most 2T tokens, each restarting its
-    ``position_ids`` at 0; with no attention mask, transformers reads the restarts as sequence boundaries
-    (a block-diagonal causal mask), so no token attends across sequences. A row's unused tail is one more
-    segment, attended by nothing real. The hidden states are scattered back to their padded places (zeros at
-    padding, which no caller reads). Linear layers then run on R x T instead of N x T positions: the
-    padding of a batch of chosen + rejected replies is a third of it on the world."""
+def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The trunk's hidden states for a right-padded (N, T) batch computed without its padding, or None when
+    packing saves no row: ((R * W, H) hidden states of the packed rows, the (N, T) index of each position's
+    state in them, -1 at padding).
+
+    The N sequences are packed whole into R < N rows of W = 2T tokens, each restarting its ``position_ids``
+    at 0; with no attention mask, transformers reads the restarts as sequence boundaries (a block-diagonal
+    causal mask), so no token attends across sequences. A row's unused tail is one more segment, attended by
+    nothing real. Linear layers then run on R x W instead of N x T positions: the padding of a batch of
+    chosen + rejected replies is a third of it on the world."""
     n, longest = input_ids.shape
     # rows twice the batch's longest sequence: replies of similar lengths (most of them over half the longest)
     # pack two or three to a row, where rows of the longest fit one; measured on the world's pairs, fwd + bwd
@@ -288,24 +297,39 @@ def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: to
     rows = pack_rows(lengths, width)
     if len(rows) >= n:
         return None
-    device = input_ids.device
-    src, dst, positions = [], [], torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    src, dst, positions = [], [], []  # flat indices in the (N, T) batch and in the (R, W) rows; position ids
     for r, members in enumerate(rows):
-        offset = 0
+        offset = r * width
         for i in members:
             k = lengths[i]
-            src.append(torch.arange(i * longest, i * longest + k, device=device))
-            dst.append(torch.arange(r * width + offset, r * width + offset + k, device=device))
-            positions[r, offset:offset + k] = torch.arange(k, device=device)
+            src.extend(range(i * longest, i * longest + k))
+            dst.extend(range(offset, offset + k))
+            positions.extend(range(k))
             offset += k
-        positions[r, offset:] = torch.arange(width - offset, device=device)  # the tail: a segment of its own
-    src, dst = torch.cat(src), torch.cat(dst)  # flat indices: in the (N, T) batch, in the (R, width) rows
+        positions.extend(range((r + 1) * width - offset))  # the tail: a segment of its own
+    device = input_ids.device
+    src, dst = torch.tensor(src, device=device), torch.tensor(dst, device=device)
     packed_ids = torch.zeros(len(rows) * width, dtype=input_ids.dtype, device=device)
     packed_ids[dst] = input_ids.reshape(-1)[src]
-    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=positions, attention_mask=None,
-                   use_cache=False).last_hidden_state  # (R, T, H)
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    return flat.new_zeros(n * longest, flat.shape[-1]).index_copy(0, src, flat.index_select(0, dst)).view(n, longest, -1)
+    position_ids = torch.tensor(positions, device=device).view(len(rows), width)
+    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=position_ids, attention_mask=None,
+                   use_cache=False).last_hidden_state  # (R, W, H)
+    index = torch.full((n * longest,), -1, dtype=torch.long, device=device)
+    index[src] = dst
+    return hidden.reshape(-1, hidden.shape[-1]), index.view(n, longest)
+
+
+def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """(N, T, H) hidden states of a right-padded batch computed padding-free (``_packed_trunk``), scattered back
+    to their padded places (zeros at padding), or None when packing saves no row."""
+    packed = _packed_trunk(trunk, input_ids, attention_mask)
+    if packed is None:
+        return None
+    flat, index = packed
+    real = index >= 0
+    out = flat.new_zeros(*index.shape, flat.shape[-1])
+    out[real] = flat.index_select(0, index[real])
+    return out
 
 
 def packing_works(trunk: nn.Module) -> bool:
@@ -363,11 +387,15 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         out = _label_logps(logits, labels, temperature)
         return out * positions.to(out.dtype)
     trunk, head = parts
-    hidden = _packed_hidden(trunk, input_ids, attention_mask) if packing_works(trunk) else None
-    if hidden is None:
-        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
     where = positions.bool()
-    picked, picked_labels = hidden[:, :-1][where], labels[where]  # (K, H), (K,)
+    packed = _packed_trunk(trunk, input_ids, attention_mask) if packing_works(trunk) else None
+    if packed is not None:  # the wanted positions' states read straight from the packed rows
+        flat, index = packed
+        picked = flat.index_select(0, index[:, :-1][where])  # (K, H)
+    else:
+        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
+        picked = hidden[:, :-1][where]  # (K, H)
+    picked_labels = labels[where]  # (K,)
     chunks = []
     if len(picked) * head.out_features <= SMALL_LOGITS:  # small enough to keep: no chunks, no recompute
         chunks.append(_chunk_logps(head, picked, picked_labels, temperature))
@@ -378,7 +406,7 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
             chunks.append(torch.utils.checkpoint.checkpoint(_chunk_logps, head, h, y, temperature, use_reentrant=False))
         else:
             chunks.append(_chunk_logps(head, h, y, temperature))
-    out = torch.zeros(labels.shape, dtype=torch.float32, device=hidden.device)  # (N, T-1)
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=input_ids.device)  # (N, T-1)
     if chunks:
         out = out.masked_scatter(where, torch.cat(chunks))
     return out
