@@ -5,12 +5,13 @@
 
 Builds TRL 1.16's trainer for ``--algo`` (dpo / ipo: ``DPOTrainer`` with loss_type sigmoid / ipo; kto:
 ``KTOTrainer`` on the pairs unpaired with TRL's ``unpair_preference_dataset``; orpo:
-``trl.experimental.orpo.ORPOTrainer``) with the settings zoo's run uses: the same model and tokenizer,
+``trl.experimental.orpo.ORPOTrainer``; rloo: ``RLOOTrainer`` on a prompts file, scored by ``--reward-model``, the
+peer of zoo's PPO in ``benchmarks/bench_ppo_vs_rloo.py``) with the settings zoo's run uses: the same model and tokenizer,
 batch, steps, learning rate, beta, max length, float32 on the CPU, dropout off, no evaluation, no
 checkpoints, logging only at the last step, gradient checkpointing off (TRL's default turns it on, which
 trades time for memory; zoo has none), the reference a separate frozen copy (or, with ``--lora``, the
 base with adapters disabled, as zoo's). Writes ``OUT/trl.json``: the seconds ``trainer.train()`` took
-and the samples per second that gives.
+and the samples per second that gives (rloo: completions generated per second).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ LORA_TARGETS = "all-linear"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--algo", required=True, choices=["dpo", "ipo", "kto", "orpo"])
+    parser.add_argument("--algo", required=True, choices=["dpo", "ipo", "kto", "orpo", "rloo"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--steps", type=int, default=150)
@@ -34,6 +35,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora", action="store_true")
+    # rloo: completions per generation batch = batch x steps-per-generation, each reused for `epochs` passes
+    parser.add_argument("--reward-model", default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--generations", type=int, default=2)
+    parser.add_argument("--steps-per-generation", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -58,7 +65,7 @@ def main() -> None:
 
         peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS,
                                  task_type="CAUSAL_LM")
-    reference = None if args.lora or args.algo == "orpo" else load()
+    reference = None if args.lora or args.algo in ("orpo", "rloo") else load()
     common = dict(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
                   learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=args.steps,
                   report_to=[], beta=args.beta, max_length=args.max_length, use_cpu=True, save_strategy="no",
@@ -79,6 +86,15 @@ def main() -> None:
                              args=KTOConfig(loss_type="kto", desirable_weight=1.0, undesirable_weight=1.0,
                                             precompute_ref_log_probs=False, **common),
                              train_dataset=unpaired, processing_class=tokenizer)
+    elif args.algo == "rloo":  # the reference: TRL loads its own frozen copy of --model (beta > 0)
+        from trl import RLOOConfig, RLOOTrainer
+
+        common.pop("max_length")
+        trainer = RLOOTrainer(model=policy, reward_funcs=args.reward_model, train_dataset=Dataset.from_list(
+            [{"prompt": row["prompt"]} for row in rows]), processing_class=tokenizer, peft_config=peft_config,
+            args=RLOOConfig(num_generations=args.generations, max_completion_length=args.max_new_tokens,
+                            steps_per_generation=args.steps_per_generation, num_iterations=args.epochs,
+                            temperature=1.0, top_k=0, top_p=1.0, **common))
     else:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -88,8 +104,8 @@ def main() -> None:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    (out / "trl.json").write_text(json.dumps({"train_seconds": seconds,
-                                              "samples_per_second": args.steps * args.batch / seconds}))
+    samples = args.steps * args.batch / (args.epochs if args.algo == "rloo" else 1)  # rloo: generated, once each
+    (out / "trl.json").write_text(json.dumps({"train_seconds": seconds, "samples_per_second": samples / seconds}))
 
 
 if __name__ == "__main__":
