@@ -22,7 +22,9 @@ zoo run in the benchmark's cache; neither side pays for them.
 
 Printed: each side's whole-process seconds and completions generated per second in-process (zoo:
 ``steps * batch_size / ppo_epochs / train_seconds`` from ``metrics.json``; TRL: the same count over the
-seconds around ``trainer.train()``), peak RSS, and the ratio zoo / TRL of completions per second.
+seconds around ``trainer.train()``), the completions' mean length at the last log (generation's cost grows
+with it, and each side's policy moves its own way), peak RSS, and the ratio zoo / TRL of completions per
+second.
 """
 
 from __future__ import annotations
@@ -98,20 +100,25 @@ def main() -> None:
             if side == "zoo":
                 wall, rss, proc = timed(zoo_cmd(steps, out), env)
                 ok = proc.returncode == 0
-                seconds = json.loads((out / "metrics.json").read_text())["train_seconds"] if ok else None
+                metrics = json.loads((out / "metrics.json").read_text()) if ok else {}
+                seconds, length = metrics.get("train_seconds"), metrics.get("final_log", {}).get("rollout/length")
             else:
                 wall, rss, proc = timed(trl_cmd(steps, policy, reward_model, out), env)
                 ok = proc.returncode == 0
-                seconds = json.loads((out / "trl.json").read_text())["train_seconds"] if ok else None
+                report = json.loads((out / "trl.json").read_text()) if ok else {}
+                seconds = report.get("train_seconds")
+                length = next((log["completions/mean_length"] for log in report.get("last_log", [])
+                               if "completions/mean_length" in log), None)
             if not ok:
                 print(f"  {side} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            result[side] = {"wall_s": wall, "peak_rss_mb": rss, "train_seconds": seconds,
+            result[side] = {"wall_s": wall, "peak_rss_mb": rss, "train_seconds": seconds, "mean_length": length,
                             "completions_per_second": generated / seconds if seconds else None}
         runs.append(result)
         z, t = result["zoo"], result["trl"]
-        print(f"[rep {rep}] zoo PPO {z['wall_s']:.1f} s, {z['completions_per_second'] or 0:.1f} completions/s, "
-              f"{z['peak_rss_mb']:.0f} MB | TRL RLOO {t['wall_s']:.1f} s, {t['completions_per_second'] or 0:.1f} "
-              f"completions/s, {t['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"[rep {rep}] zoo PPO {z['wall_s']:.1f} s, {z['completions_per_second'] or 0:.1f} completions/s of "
+              f"{z['mean_length'] or 0:.1f} tokens, {z['peak_rss_mb']:.0f} MB | TRL RLOO {t['wall_s']:.1f} s, "
+              f"{t['completions_per_second'] or 0:.1f} completions/s of {t['mean_length'] or 0:.1f} tokens, "
+              f"{t['peak_rss_mb']:.0f} MB", flush=True)
 
     ok = [r for r in runs if r["zoo"]["train_seconds"] and r["trl"]["train_seconds"]]
     if not ok:

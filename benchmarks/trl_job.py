@@ -10,8 +10,8 @@ peer of zoo's PPO in ``benchmarks/bench_ppo_vs_rloo.py``) with the settings zoo'
 batch, steps, learning rate, beta, max length, float32 on the CPU, dropout off, no evaluation, no
 checkpoints, logging only at the last step, gradient checkpointing off (TRL's default turns it on, which
 trades time for memory; zoo has none), the reference a separate frozen copy (or, with ``--lora``, the
-base with adapters disabled, as zoo's). Writes ``OUT/trl.json``: the seconds ``trainer.train()`` took
-and the samples per second that gives (rloo: completions generated per second).
+base with adapters disabled, as zoo's). Writes ``OUT/trl.json``: the seconds ``trainer.train()`` took,
+the samples per second that gives (rloo: completions generated per second) and TRL's last logs.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def main() -> None:
     trainer.train()
     seconds = time.perf_counter() - started
     samples = args.steps * args.batch / (args.epochs if args.algo == "rloo" else 1)  # rloo: generated, once each
-    (out / "trl.json").write_text(json.dumps({"train_seconds": seconds, "samples_per_second": samples / seconds}))
+    (out / "trl.json").write_text(json.dumps({"train_seconds": seconds, "samples_per_second": samples / seconds,
+                                              "last_log": trainer.state.log_history[-2:]}))
 
 
 if __name__ == "__main__":
