@@ -11,12 +11,15 @@ batch, steps, learning rate, beta, max length, float32 on the CPU, dropout off, 
 checkpoints, logging only at the last step, gradient checkpointing off (TRL's default turns it on, which
 trades time for memory; zoo has none), the reference a separate frozen copy (or, with ``--lora``, the
 base with adapters disabled, as zoo's). Writes ``OUT/trl.json``: the seconds ``trainer.train()`` took,
-the samples per second that gives (rloo: completions generated per second) and TRL's last logs.
+the samples per second that gives (rloo: completions generated per second) and TRL's last logs; with
+``--count-flops``, the training's matmul and attention FLOPs per step (``FlopCounterMode``, as
+``bench_limits.py`` counts zoo's), for comparing the work each side does, not its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=2)
     parser.add_argument("--steps-per-generation", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--count-flops", action="store_true", help="count FLOPs (slower: not for timing)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -101,12 +105,19 @@ def main() -> None:
         trainer = ORPOTrainer(model=policy, peft_config=peft_config, args=ORPOConfig(remove_unused_columns=False,
                                                                                         **common),
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    counter = contextlib.nullcontext()
+    if args.count_flops:  # every matmul / attention FLOP of the training, as bench_limits.py counts zoo's
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
     started = time.perf_counter()
-    trainer.train()
+    with counter:
+        trainer.train()
     seconds = time.perf_counter() - started
+    flops = {"flops_per_step": counter.get_total_flops() / args.steps} if args.count_flops else {}
     samples = args.steps * args.batch / (args.epochs if args.algo == "rloo" else 1)  # rloo: generated, once each
     (out / "trl.json").write_text(json.dumps({"train_seconds": seconds, "samples_per_second": samples / seconds,
-                                              "last_log": trainer.state.log_history[-2:]}))
+                                              "last_log": trainer.state.log_history[-2:], **flops}))
 
 
 if __name__ == "__main__":
