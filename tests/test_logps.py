@@ -84,6 +84,22 @@ def test_pack_rows_fits_whole_sequences_first_fit_decreasing():
     assert rows == [[1], [3, 2], [0, 4]]  # 9 | 7+3 | 5+2
 
 
+def test_packing_plan_picks_the_cheapest_width_attention_counted():
+    """Cost of R rows of width W: R * W * (1 + W / 200). Lengths 10, 10, 5, 5: width 10 gives 10 | 10 | 5+5,
+    3 rows, cost 30 * 1.05 = 31.5; width 15 gives 10+5 | 10+5, cost 30 * 1.075 = 32.25; width 20 gives
+    10+10 | 5+5, cost 40 * 1.1 = 44: width 10 wins. Lengths 8, 7, 3, 2 (longest 8): width 10 gives 8+2 |
+    7+3, 2 rows, cost 20 * 1.05 = 21, below width 8's 8 | 7 | 3+2 (24 * 1.04 = 24.96): the wider row wins."""
+    from zoo.models import packing_plan
+
+    assert packing_plan((10, 10, 5, 5)) == (10, [[0], [1], [2, 3]])
+    width, rows = packing_plan((8, 7, 3, 2))
+    assert (width, rows) == (10, [[0, 3], [1, 2]])
+    lengths = (37, 12, 30, 29, 5, 18, 40, 22, 9, 33)
+    width, rows = packing_plan(lengths)
+    assert 40 <= width <= 80 and sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= width for row in rows)
+
+
 @pytest.mark.parametrize("family", ["smollm2-135m", "qwen2.5-0.5b", "pythia-160m", "llama-3.2-1b", "gpt2"])
 def test_the_padding_free_forward_equals_the_padded_one(family, tmp_path):
     """Sequences packed into rows (position_ids restarting) give each real token the hidden state it has in
