@@ -66,8 +66,9 @@ def trl_cmd(steps: int, policy: Path, reward_model: Path, out: Path) -> list[str
 def stage_paths(run_dir: Path, cache: Path) -> tuple[Path, Path]:
     """(SFT policy, reward model) directories a zoo PPO run used, from its metrics.json."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    resolve = lambda p: Path(p.replace("${stages.cache_dir}", str(cache)))  # noqa: E731
-    return resolve(metrics["policy_init"]), resolve(metrics["reward_model"])
+    policy, reward_model = (Path(metrics[key].replace("${stages.cache_dir}", str(cache)))
+                            for key in ("policy_init", "reward_model"))
+    return policy, reward_model
 
 
 def main() -> None:
@@ -123,7 +124,10 @@ def main() -> None:
     ok = [r for r in runs if r["zoo"]["train_seconds"] and r["trl"]["train_seconds"]]
     if not ok:
         sys.exit("no repetition finished on both sides")
-    med = lambda side, key: statistics.median(r[side][key] for r in ok)  # noqa: E731
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[side][key] for r in ok)
+
     ratios = [r["zoo"]["completions_per_second"] / r["trl"]["completions_per_second"] for r in ok]
     print(f"\n{args.rollouts} rollouts x 64 completions ({steps} steps of {BATCH}), {len(ok)} repetitions, "
           f"{os.cpu_count()} CPUs")

@@ -91,9 +91,9 @@ def test_packing_plan_picks_the_cheapest_width_attention_counted():
     7+3, 2 rows, cost 20 * 1.05 = 21, below width 8's 8 | 7 | 3+2 (24 * 1.04 = 24.96): the wider row wins."""
     from zoo.models import packing_plan
 
-    assert packing_plan((10, 10, 5, 5)) == (10, [[0], [1], [2, 3]])
+    assert packing_plan((10, 10, 5, 5)) == (10, ((0,), (1,), (2, 3)))
     width, rows = packing_plan((8, 7, 3, 2))
-    assert (width, rows) == (10, [[0, 3], [1, 2]])
+    assert (width, rows) == (10, ((0, 3), (1, 2)))
     lengths = (37, 12, 30, 29, 5, 18, 40, 22, 9, 33)
     width, rows = packing_plan(lengths)
     assert 40 <= width <= 80 and sorted(i for row in rows for i in row) == list(range(len(lengths)))

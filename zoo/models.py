@@ -283,7 +283,7 @@ PACKING_ATTENTION_WIDTH = 200
 
 
 @functools.lru_cache(maxsize=256)
-def packing_plan(lengths: tuple[int, ...]) -> tuple[int, list[list[int]]]:
+def packing_plan(lengths: tuple[int, ...]) -> tuple[int, tuple[tuple[int, ...], ...]]:
     """(row width, rows) for packing sequences of these lengths: of the widths from the longest to twice it,
     in tenths, the one whose first-fit-decreasing rows cost least (``PACKING_ATTENTION_WIDTH``). Cached: the
     policy and the reference pack the same batch. On the world's DPO batches this fills 95 % of the slots
@@ -295,7 +295,7 @@ def packing_plan(lengths: tuple[int, ...]) -> tuple[int, list[list[int]]]:
         cost = len(rows) * width * (1 + width / PACKING_ATTENTION_WIDTH)
         if best is None or cost < best[0]:
             best = (cost, width, rows)
-    return best[1], best[2]
+    return best[1], tuple(tuple(row) for row in best[2])  # immutable: every caller of a cached plan shares it
 
 
 def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor,
