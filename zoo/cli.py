@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 USAGE = """usage: zoo <command> [args]
@@ -145,5 +148,35 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
 
 
+def _exit_now(code: int) -> None:
+    """End the process as a normal exit would, without the interpreter's teardown. First what Python's own exit
+    runs first and then: ``threading._shutdown`` (process-pool executors' exit hooks, then a wait for every
+    non-daemon thread) and the ``atexit`` handlers (logging's flush and close, joblib's executors,
+    ``weakref.finalize`` and temp-dir cleanups); then stdio is flushed and ``os._exit`` ends the process.
+    What is skipped is freeing every module and object one by one, which with torch and transformers loaded
+    takes half a second (0.50 s measured for the imports alone: 3.13 s to start and exit, 2.63 s with
+    ``os._exit``), in every run of a sweep."""
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entry() -> None:
+    """The ``zoo`` console command: ``main``, then a quick exit with its status (``_exit_now``). An uncaught
+    exception takes Python's normal path (traceback, full teardown); ``main`` itself returns normally, so it
+    can be called in-process (tests)."""
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+        if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+            print(code, file=sys.stderr)
+            code = 1
+        _exit_now(code or 0)
+    _exit_now(0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
