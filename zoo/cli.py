@@ -162,8 +162,11 @@ def _exit_now(code: int) -> None:
         sys.exit(code)
     shutdown_threads()
     run_exit_handlers()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that closed the pipe (zoo ... | head), a closed stream
+            pass
     os._exit(code)
 
 
