@@ -304,8 +304,8 @@ def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor,
     packing saves no row: ((R * W, H) hidden states of the packed rows, the (N, T) index of each position's
     state in them, -1 at padding).
 
-    The N sequences are packed whole into R < N rows of W tokens (``packing_plan``), each restarting its ``position_ids``
-    at 0; with no attention mask, transformers reads the restarts as sequence boundaries (a block-diagonal
+    The N sequences are packed whole into R < N rows of W tokens (``packing_plan``), each restarting its
+    ``position_ids`` at 0; with no attention mask, transformers reads the restarts as sequence boundaries (a block-diagonal
     causal mask), so no token attends across sequences. A row's unused tail is one more segment, attended by
     nothing real. Linear layers then run on R x W instead of N x T positions: the padding of a batch of
     chosen + rejected replies is a third of it on the world."""
@@ -389,10 +389,11 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     token), 0 elsewhere.
 
     The full (N, T, V) logits never exist: the trunk's hidden states at the wanted positions go through the
-    LM head ``LOGITS_CHUNK`` positions at a time, and each chunk keeps only its labels' logits and its
-    logsumexp; under autograd a chunk is recomputed in backward (``torch.utils.checkpoint``) instead of
-    keeping its logits (unless all of them fit in ``SMALL_LOGITS``: then in one piece, kept). The trunk runs
-    padding-free where the model allows it (``_packed_hidden``). The same numbers as ``log_softmax(model(x).logits)`` gathered at the labels, up to
+    LM head ``LOGITS_CHUNK`` positions at a time, and each chunk keeps only its labels' log-probs (minus a
+    fused cross-entropy); under autograd a chunk is recomputed in backward (``torch.utils.checkpoint``)
+    instead of keeping its logits (unless all of them fit in ``SMALL_LOGITS``: then in one piece, kept). The
+    trunk runs padding-free where the model allows it (``_packed_trunk``), and the wanted positions are read
+    from its packed rows. The same numbers as ``log_softmax(model(x).logits)`` gathered at the labels, up to
     float rounding (the head's matmul runs on fewer rows). Models whose head cannot be called apart (see
     ``_trunk_and_head``) take the full-logits path."""
     if positions is None:

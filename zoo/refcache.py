@@ -57,6 +57,14 @@ def reference_setting(cfg, reference) -> dict:
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
+def _replace_atomically(path: Path, write) -> None:
+    """``write(tmp)`` to a temp file beside ``path``, then rename it over ``path``: a reader never sees half an
+    entry, and concurrent writers of one key (same bytes) each rename a whole file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
 def _setting_digest(setting: dict, length: int) -> str:
     blob = json.dumps({**setting, "version": CACHE_VERSION}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
@@ -97,10 +105,7 @@ class ReferenceCache:
         tensors = {f.name: getattr(out, f.name).detach().contiguous().cpu() for f in fields(out)
                    if f.name != "labels" and getattr(out, f.name) is not None}
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{digest}.safetensors"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        _replace_atomically(self.dir / f"{digest}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses}
@@ -129,8 +134,7 @@ class ReferenceSamplesCache:
 
     def save(self, samples, logps: torch.Tensor, lengths: torch.Tensor) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"prompts": samples.prompts, "prompt_ids": samples.prompt_ids,
-                                   "completion_ids": samples.completion_ids, "texts": samples.texts,
-                                   "ended": samples.ended, "logps": logps.tolist(), "lengths": lengths.tolist()}))
-        tmp.replace(self.path)
+        blob = json.dumps({"prompts": samples.prompts, "prompt_ids": samples.prompt_ids,
+                           "completion_ids": samples.completion_ids, "texts": samples.texts, "ended": samples.ended,
+                           "logps": logps.tolist(), "lengths": lengths.tolist()})
+        _replace_atomically(self.path, lambda tmp: tmp.write_text(blob))
