@@ -34,7 +34,7 @@ from zoo.data.collate import DemonstrationCollator, PairCollator
 from zoo.data.load import tokenize_rows
 from zoo.models import Reference, sequence_logps, sequence_scores
 from zoo.refcache import ReferenceSamplesCache, reference_setting
-from zoo.rollout import Samples, sample
+from zoo.rollout import SAMPLING_VERSION, Samples, sample
 
 
 class TaskMetrics(Protocol):
@@ -233,7 +233,8 @@ def evaluate_policy_run(cfg: DictConfig, policy, reference: Reference, tokenizer
         cache = ReferenceSamplesCache(cfg.stages.cache_dir, {
             **reference_setting(cfg, reference), "prompts": prompts, "seed": seed,
             "max_new_tokens": cfg.eval.max_new_tokens, "temperature": cfg.eval.temperature,
-            "batch_size": cfg.eval.batch_size, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+            "batch_size": cfg.eval.batch_size, "sampling": SAMPLING_VERSION,
+            "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
             "chat_template": tokenizer.chat_template})
     return evaluate(policy, reference, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature,
                     cfg.eval.batch_size, seed=seed, task=task, judge=judge, reference_cache=cache)

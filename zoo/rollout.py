@@ -35,34 +35,54 @@ class Samples:
     ended: list[bool]  # True where the completion stopped at EOS within max_new_tokens
 
 
+# Bumped whenever the same prompts, seed and settings draw different samples, so the caches of drawn
+# samples (the preference-samples stage, the reference's eval samples) are keyed by it. 2: prompts
+# generated in length-sorted chunks.
+SAMPLING_VERSION = 2
+
+
+def length_sorted_chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into chunks of ``batch_size`` after a stable sort by length, so a chunk's prompts
+    are left-padded to nearly their own length instead of the longest of a random handful. Inside a
+    chunk the indices keep their order, so prompts that fit in one chunk are sampled as before.
+
+    >>> length_sorted_chunks([5, 2, 9, 2, 4], 2)
+    [[1, 3], [0, 4], [2]]
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [sorted(order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 1.0,
            batch_size: int = 64, seed: int = 0, desc: str | None = None) -> Samples:
-    """Sample one completion per prompt, reproducibly for a seed."""
+    """Sample one completion per prompt, reproducibly for a seed.
+
+    Prompts are generated in chunks of similar length (``length_sorted_chunks``): every padding
+    position is a wasted row of attention and KV cache in each of the ``max_new_tokens`` decoding
+    steps. Results come back in the prompts' order; chunk ``k`` draws from the generator seeded
+    ``seed + k * batch_size``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     all_prompt_ids = [tokenize_prompt(tokenizer, p) for p in prompts]
-    completions, ended = [], []
-    generator_seed = seed
+    completions: list = [None] * len(prompts)
+    ended: list = [None] * len(prompts)
 
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
-        chunk = all_prompt_ids[start:start + batch_size]
+    chunks = length_sorted_chunks([len(ids) for ids in all_prompt_ids], batch_size)
+    for k, rows in enumerate(tqdm(chunks, desc=desc, disable=desc is None, leave=False)):
+        chunk = [all_prompt_ids[i] for i in rows]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
-        torch.manual_seed(generator_seed + start)
+        torch.manual_seed(seed + k * batch_size)
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                              eos_token_id=eos, pad_token_id=pad)
-        for row in out[:, width:].tolist():  # (B, new tokens)
-            if eos in row:
-                completions.append(row[: row.index(eos) + 1])
-                ended.append(True)
-            else:
-                completions.append(row)
-                ended.append(False)
+        for i, row in zip(rows, out[:, width:].tolist()):  # (B, new tokens)
+            ended[i] = eos in row
+            completions[i] = row[: row.index(eos) + 1] if ended[i] else row
     model.train(was_training)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     return Samples(list(prompts), all_prompt_ids, completions, texts, ended)

@@ -47,7 +47,7 @@ from zoo.evaluate import evaluate_reward_model
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
-from zoo.rollout import sample
+from zoo.rollout import SAMPLING_VERSION, sample
 from zoo.trainer import DatasetBatches, fit
 
 STAGE_NAMES = ("reference", "samples", "labels", "reward_model")
@@ -273,7 +273,7 @@ def samples_stage(cfg: DictConfig, reference_path: Path, prompts_file: Path) -> 
     ``second``). Every feedback source labels the same pairs, so raters and judge are compared on equal terms."""
     stage = cfg.stages.preferences
     key = cache_key("samples", identity(reference_path), file_digest(prompts_file), OmegaConf.to_container(stage),
-                    *_model_part(cfg))
+                    *_model_part(cfg), {"sampling": SAMPLING_VERSION})
 
     def build(out: Path) -> dict:
         m = cfg.model
