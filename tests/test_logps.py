@@ -136,3 +136,59 @@ def test_a_model_that_ignores_position_restarts_keeps_the_padded_forward():
 
     model = load_causal_lm(str(paths.MODEL))
     assert not packing_works(OneSequence(model.model))
+
+
+def test_rows_group_by_identical_prompts_only():
+    from zoo.models import shared_prefix_groups
+
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 9, 9, 9], [5, 6, 7, 1, 0], [4, 6, 7, 2, 0], [5, 6, 7, 0, 0]])
+    lengths = [4, 5, 4, 4, 3]
+    # rows 0, 2 and 4 start with 5 6 7; row 1 with 5 6 9 (another prompt); row 3 with 4 6 7; row 4's prompt
+    # is all of it (nothing of its own past it), so it shares nothing
+    assert shared_prefix_groups(ids, lengths, [3, 3, 3, 3, 3]) == [[0, 2], [1], [3], [4]]
+    assert shared_prefix_groups(ids, lengths, [2, 2, 2, 2, 2]) == [[0, 1, 2, 4], [3]]  # "5 6" is shared by four
+    assert shared_prefix_groups(ids, lengths, [0] * 5) == [[0], [1], [2], [3], [4]]
+
+
+@pytest.mark.parametrize("all_tokens", [False, True])
+def test_a_shared_prompt_is_computed_once_with_the_same_logps_and_gradients(all_tokens):
+    """A paired batch (chosen rows 0-1, rejected rows 2-3, each pair one prompt): the prompt's states are
+    computed once and read by both rows, and the log-probs and their gradients equal the padded full
+    forward's, the prompt's last position predicting each row's own first reply token included."""
+    from zoo.models import _packed_hidden, _packed_trunk, _trunk_and_head, packing_works, prompt_lengths
+
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 1000, (6,), generator=generator).tolist(), torch.randint(3, 1000, (4,), generator=generator).tolist()]
+    replies = [torch.randint(3, 1000, (k,), generator=generator).tolist() for k in (5, 3, 7, 2)]  # chosen 0-1, rejected 0-1
+    rows = [prompts[0] + replies[0], prompts[1] + replies[1], prompts[0] + replies[2], prompts[1] + replies[3]]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    completion_mask = torch.zeros_like(input_ids)
+    for i, p in enumerate([6, 4, 6, 4]):
+        completion_mask[i, p:len(rows[i])] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    assert prompt_lengths(batch) == [6, 4, 6, 4]
+
+    model = load_causal_lm(str(paths.MODEL))
+    trunk, _ = _trunk_and_head(model)
+    with torch.no_grad():
+        _, index = _packed_trunk(trunk, input_ids, attention_mask, prompt_lengths(batch))
+    assert torch.equal(index[2, :6], index[0, :6]) and torch.equal(index[3, :4], index[1, :4])  # one prompt state
+    assert len(set(index[index >= 0].tolist())) == sum(map(len, rows)) - 6 - 4  # every other position its own
+    with torch.no_grad():
+        shared = _packed_hidden(trunk, input_ids, attention_mask, prompt_lengths(batch))
+        padded = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    real = attention_mask.bool()
+    torch.testing.assert_close(shared[real], padded[real], atol=1e-4, rtol=1e-4)
+    assert packing_works(trunk)  # so sequence_logps below takes this path, not the padded fallback
+
+    out = sequence_logps(model, batch, all_tokens=all_tokens)
+    full = reference_logps(model, input_ids, attention_mask)
+    fast = out.all_token_logps if all_tokens else out.token_logps
+    slow = full * (attention_mask if all_tokens else completion_mask)[:, 1:]
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.rand(slow.shape, generator=generator)  # every position's gradient counts, differently
+    for a, b in zip(torch.autograd.grad((fast * weights).sum(), params), torch.autograd.grad((slow * weights).sum(), params)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

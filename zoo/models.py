@@ -282,6 +282,11 @@ def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
 PACKING_ATTENTION_WIDTH = 200
 
 
+def packing_cost(width: int, rows: int) -> float:
+    """What ``rows`` packed rows of ``width`` tokens cost, in token-layer units (attention counted)."""
+    return rows * width * (1 + width / PACKING_ATTENTION_WIDTH)
+
+
 @functools.lru_cache(maxsize=256)
 def packing_plan(lengths: tuple[int, ...]) -> tuple[int, tuple[tuple[int, ...], ...]]:
     """(row width, rows) for packing sequences of these lengths: of the widths from the longest to twice it,
@@ -292,54 +297,112 @@ def packing_plan(lengths: tuple[int, ...]) -> tuple[int, tuple[tuple[int, ...], 
     best = None
     for width in sorted({longest + (longest * k) // 10 for k in range(11)}):
         rows = pack_rows(list(lengths), width)
-        cost = len(rows) * width * (1 + width / PACKING_ATTENTION_WIDTH)
+        cost = packing_cost(width, len(rows))
         if best is None or cost < best[0]:
             best = (cost, width, rows)
     return best[1], tuple(tuple(row) for row in best[2])  # immutable: every caller of a cached plan shares it
 
 
-def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor,
-                  attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The trunk's hidden states for a right-padded (N, T) batch computed without its padding, or None when
-    packing saves no row: ((R * W, H) hidden states of the packed rows, the (N, T) index of each position's
-    state in them, -1 at padding).
+def shared_prefix_groups(input_ids: torch.Tensor, lengths: list[int], prefix_lengths: list[int]) -> list[list[int]]:
+    """Sequence indices grouped by identical leading tokens: ``[owner, *sharers]`` where rows have the same
+    first ``prefix_lengths[i]`` tokens (a DPO pair's prompt, a KTO example's prompt and its KL row's),
+    singletons for the rest. A prefix of 0, or one that is the whole sequence, is never shared."""
+    ids = input_ids.tolist()
+    owner_of: dict[tuple, int] = {}  # prefix tokens -> the group's position in ``groups``
+    groups: list[list[int]] = []
+    for i, (length, p) in enumerate(zip(lengths, prefix_lengths)):
+        if 0 < p < length:
+            key = tuple(ids[i][:p])
+            if key in owner_of:
+                groups[owner_of[key]].append(i)
+                continue
+            owner_of[key] = len(groups)
+        groups.append([i])
+    return groups
 
-    The N sequences are packed whole into R < N rows of W tokens (``packing_plan``), each restarting its
-    ``position_ids`` at 0; with no attention mask, transformers reads the restarts as sequence boundaries (a block-diagonal
-    causal mask), so no token attends across sequences. A row's unused tail is one more segment, attended by
-    nothing real. Linear layers then run on R x W instead of N x T positions: the padding of a batch of
-    chosen + rejected replies is a third of it on the world."""
+
+def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prefix_lengths: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The trunk's hidden states for a right-padded (N, T) batch computed without its padding, and each
+    shared prefix once, or None when packing saves no row: ((R * W, H) hidden states of the packed rows, the
+    (N, T) index of each position's state in them, -1 at padding).
+
+    Sequences that start with the same ``prefix_lengths`` tokens form a group (``shared_prefix_groups``): the
+    first is laid out whole, the others only past the prefix, with their ``position_ids`` continuing from it,
+    and their index points into the first one's prefix. Groups are packed whole into R rows of W tokens
+    (``packing_plan``), unless packing the sequences one by one costs less (``packing_cost``: a group is a
+    longer unit, so its rows are wider; on the world's 3-token prompts sharing saves 5 % of the tokens and
+    would nearly double the attention cells). One (R, 1, W, W) attention mask keeps each token to what it sees in its own padded
+    sequence: earlier tokens of its own segment, and of its group's first sequence before its prefix ends.
+    A row's unused tail is one more segment, attended by nothing real. Linear layers then run on R x W
+    instead of N x T positions: a DPO pair's prompt is computed once, and the padding of a batch of chosen +
+    rejected replies (a third of it on the world) not at all."""
     n, longest = input_ids.shape
     lengths = attention_mask.sum(dim=1).tolist()
+    groups = [[i] for i in range(n)]
     width, rows = packing_plan(tuple(lengths))
+    shared = shared_prefix_groups(input_ids, lengths, prefix_lengths) if prefix_lengths else groups
+    if len(shared) < n:  # sharing makes fewer tokens but longer units: worth it where its rows cost less
+        units = [lengths[g[0]] + sum(lengths[i] - prefix_lengths[i] for i in g[1:]) for g in shared]
+        shared_width, shared_rows = packing_plan(tuple(units))
+        if packing_cost(shared_width, len(shared_rows)) < packing_cost(width, len(rows)):
+            groups, width, rows = shared, shared_width, shared_rows
     if len(rows) >= n:
         return None
-    src, dst, positions = [], [], []  # flat indices in the (N, T) batch and in the (R, W) rows; position ids
+    src, dst = [], []  # flat indices in the (N, T) batch and in the (R, W) rows
+    shared_src, shared_dst = [], []  # a sharer's prefix positions and its owner's slots for them
+    positions, segment, owner, prefix = [], [], [], []  # per slot: position id, its sequence, the sequence whose
+    # prefix it may see, and how much of it (0: none)
+
+    def lay(i: int, first: int, until: int, own: int, p: int, offset: int) -> int:
+        src.extend(range(i * longest + first, i * longest + until))
+        dst.extend(range(offset, offset + until - first))
+        positions.extend(range(first, until))
+        segment.extend([i] * (until - first))
+        owner.extend([own] * (until - first))
+        prefix.extend([p] * (until - first))
+        return offset + until - first
+
     for r, members in enumerate(rows):
         offset = r * width
-        for i in members:
-            k = lengths[i]
-            src.extend(range(i * longest, i * longest + k))
-            dst.extend(range(offset, offset + k))
-            positions.extend(range(k))
-            offset += k
-        positions.extend(range((r + 1) * width - offset))  # the tail: a segment of its own
+        for g in members:
+            head, *sharers = groups[g]
+            start = offset
+            offset = lay(head, 0, lengths[head], head, 0, offset)
+            for i in sharers:
+                p = prefix_lengths[i]
+                shared_src.extend(range(i * longest, i * longest + p))
+                shared_dst.extend(range(start, start + p))
+                offset = lay(i, p, lengths[i], head, p, offset)
+        tail = (r + 1) * width - offset
+        positions.extend(range(tail))
+        segment.extend([n + r] * tail)
+        owner.extend([n + r] * tail)
+        prefix.extend([0] * tail)
     device = input_ids.device
     src, dst = torch.tensor(src, device=device), torch.tensor(dst, device=device)
     packed_ids = torch.zeros(len(rows) * width, dtype=input_ids.dtype, device=device)
     packed_ids[dst] = input_ids.reshape(-1)[src]
-    position_ids = torch.tensor(positions, device=device).view(len(rows), width)
-    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=position_ids, attention_mask=None,
+    pos, seg, own, pre = (torch.tensor(x, device=device).view(len(rows), width)
+                          for x in (positions, segment, owner, prefix))
+    # (R, W queries, W keys): causal within a sequence, plus the owner's tokens before the query's prefix ends
+    key_pos, key_seg = pos[:, None, :], seg[:, None, :]
+    mask = (key_pos <= pos[:, :, None]) & (
+        (key_seg == seg[:, :, None]) | ((key_seg == own[:, :, None]) & (key_pos < pre[:, :, None])))
+    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=pos, attention_mask=mask[:, None],
                    use_cache=False).last_hidden_state  # (R, W, H)
     index = torch.full((n * longest,), -1, dtype=torch.long, device=device)
     index[src] = dst
+    if shared_src:
+        index[torch.tensor(shared_src, device=device)] = torch.tensor(shared_dst, device=device)
     return hidden.reshape(-1, hidden.shape[-1]), index.view(n, longest)
 
 
-def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   prefix_lengths: list[int] | None = None) -> torch.Tensor | None:
     """(N, T, H) hidden states of a right-padded batch computed padding-free (``_packed_trunk``), scattered back
     to their padded places (zeros at padding), or None when packing saves no row."""
-    packed = _packed_trunk(trunk, input_ids, attention_mask)
+    packed = _packed_trunk(trunk, input_ids, attention_mask, prefix_lengths)
     if packed is None:
         return None
     flat, index = packed
@@ -350,9 +413,9 @@ def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: to
 
 
 def packing_works(trunk: nn.Module) -> bool:
-    """Whether ``trunk`` reads packed rows as separate sequences, checked once per model on a small random
-    batch against the padded forward (a model that ignores ``position_ids`` restarts, e.g. remote code,
-    keeps the padded path)."""
+    """Whether ``trunk`` follows ``_packed_trunk``'s rows (position ids and a 4D attention mask), checked once
+    per model on a small random batch with a shared prefix against the padded forward (a model that ignores
+    ``position_ids`` or a custom mask, e.g. remote code, keeps the padded path)."""
     cached = getattr(trunk, "_zoo_packing_works", None)
     if cached is not None:
         return cached
@@ -362,14 +425,16 @@ def packing_works(trunk: nn.Module) -> bool:
     ok = False
     if vocab:
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab, (3, 12), generator=generator).to(device)
-        mask = torch.tensor([[1] * 12, [1] * 5 + [0] * 7, [1] * 7 + [0] * 5], device=device)
+        ids = torch.randint(0, vocab, (4, 12), generator=generator)
+        ids[1:3, :4] = ids[0, :4]  # rows 0-2 share 4 leading tokens; row 3 shares nothing
+        ids = ids.to(device)
+        mask = torch.tensor([[1] * 12, [1] * 5 + [0] * 7, [1] * 7 + [0] * 5, [1] * 6 + [0] * 6], device=device)
         was_training = trunk.training
         trunk.eval()
         try:
             with torch.no_grad():
                 padded = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                packed = _packed_hidden(trunk, ids, mask)
+                packed = _packed_hidden(trunk, ids, mask, [4, 4, 4, 4])
             real = mask.bool()
             # float rounding differs by dtype; attention across sequences would differ by O(1) in any dtype
             tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
@@ -384,7 +449,8 @@ def packing_works(trunk: nn.Module) -> bool:
 
 
 def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                temperature: float = 1.0, positions: torch.Tensor | None = None) -> torch.Tensor:
+                temperature: float = 1.0, positions: torch.Tensor | None = None,
+                prefix_lengths: list[int] | None = None) -> torch.Tensor:
     """(N, T-1) log p(x_t | x_<t) for t = 1..T-1 at ``positions`` (an (N, T-1) 0/1 mask; default: every real
     token), 0 elsewhere.
 
@@ -406,7 +472,7 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         return out * positions.to(out.dtype)
     trunk, head = parts
     where = positions.bool()
-    packed = _packed_trunk(trunk, input_ids, attention_mask) if packing_works(trunk) else None
+    packed = _packed_trunk(trunk, input_ids, attention_mask, prefix_lengths) if packing_works(trunk) else None
     if packed is not None:  # the wanted positions' states read straight from the packed rows
         flat, index = packed
         picked = flat.index_select(0, index[:, :-1][where])  # (K, H)
@@ -430,16 +496,28 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return out
 
 
+def prompt_lengths(batch: dict) -> list[int]:
+    """Each collated row's prompt length: its tokens before the first completion token (0 for a row whose
+    completion was cut off entirely, so it shares nothing)."""
+    completion = batch["completion_mask"]  # (N, T)
+    first = completion.int().argmax(dim=1)  # the first 1 (argmax returns the first maximum)
+    return torch.where(completion.any(dim=1), first, 0).tolist()
+
+
 def sequence_logps(model: nn.Module, batch: dict, temperature: float = 1.0, all_tokens: bool = False) -> SequenceLogps:
     """Completion log-probs of a collated batch (see ``zoo.data.collate``) and the batch's labels if it has
     them (KTO); with ``all_tokens`` also every real token's (ORPO's NLL covers the prompt too, as TRL's).
-    Only the positions asked for go through the LM head."""
+    Only the positions asked for go through the LM head; rows with the same prompt (a pair's chosen and
+    rejected, a KTO example and its KL row) compute it once."""
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # shift: token t is predicted at position t-1
+    prefixes = prompt_lengths(batch)
     if not all_tokens:
-        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=mask)
+        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=mask,
+                            prefix_lengths=prefixes)
         return SequenceLogps(token_logps=logps, completion_mask=mask, labels=batch.get("labels"))
     token_mask = batch["attention_mask"][:, 1:].to(torch.float32)
-    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=token_mask)
+    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], temperature, positions=token_mask,
+                        prefix_lengths=prefixes)
     return SequenceLogps(token_logps=logps * mask, completion_mask=mask, labels=batch.get("labels"),
                          all_token_logps=logps, token_mask=token_mask)
 
