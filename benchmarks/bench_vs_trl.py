@@ -3,6 +3,7 @@
     python benchmarks/bench_vs_trl.py                          # world model, dpo + kto, 3 repetitions
     python benchmarks/bench_vs_trl.py --algos dpo,ipo,kto,orpo --models world,llama30m --reps 3
     python benchmarks/bench_vs_trl.py --models smollm2 --steps 20 --batch 8    # SmolLM2-135M under LoRA
+    python benchmarks/bench_vs_trl.py --models smollm2 --data chat --max-length 160 --steps 20 --batch 8
 
 Each repetition runs, for each (model, algorithm), ``zoo train`` and TRL's trainer (``benchmarks/trl_job.py``)
 as fresh processes, one after the other, in alternating order (zoo first on even repetitions), each under
@@ -10,8 +11,9 @@ as fresh processes, one after the other, in alternating order (zoo first on even
 time (a sweep's first run: it pays for anything it precomputes), or with ``--sweep`` from one cache that its
 first repetition fills (the runs of a sweep: the reference's outputs on batches met before are read, not
 computed; ``zoo.refcache``). Same model and tokenizer, same pairs
-(``--data``, default: 4,000 pairs from the world's demonstrations, chosen = a review's own continuation,
-rejected = another review's), batch, steps, learning rate, beta, max length, float32, evaluation off,
+(``--data``, default ``world``: 4,000 pairs from the world's demonstrations, chosen = a review's own
+continuation, rejected = another review's; ``chat``: the same replies as assistant turns after the reviews
+task's chat prompts, which are longer than the replies, as in real preference data), batch, steps, learning rate, beta, max length, float32, evaluation off,
 logging at the last step only, no checkpoints, gradient checkpointing off on both sides.
 
 Printed per (model, algorithm): each side's whole-process seconds (median and range), in-process training
@@ -44,6 +46,21 @@ def world_pairs(path: Path, n: int) -> Path:
     rows = [json.loads(line) for line in (ROOT / "zoo/world/assets/data/sft.jsonl").read_text().splitlines()]
     pairs = [{"prompt": rows[i % len(rows)]["prompt"], "chosen": rows[i % len(rows)]["completion"],
               "rejected": rows[(i + 1) % len(rows)]["completion"]} for i in range(n)]
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+def chat_pairs(path: Path, n: int) -> Path:
+    """``n`` conversational pairs: the reviews task's chat prompts (47-53 tokens under SmolLM2's template, as a
+    real instruction dataset's prompts are long next to its replies) with world continuations as the
+    assistant's chosen and rejected replies."""
+    prompts = [json.loads(line)["prompt"] for line in (ROOT / "zoo/reviews/assets/prompts.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (ROOT / "zoo/world/assets/data/sft.jsonl").read_text().splitlines()]
+
+    def reply(i: int) -> list[dict]:
+        return [{"role": "assistant", "content": rows[i % len(rows)]["completion"].strip()}]
+
+    pairs = [{"prompt": prompts[i % len(prompts)], "chosen": reply(i), "rejected": reply(i + 1)} for i in range(n)]
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return path
 
@@ -148,7 +165,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--data", type=Path, default=None, help="a pairs file (default: the world's, 4,000 pairs)")
+    parser.add_argument("--data", default="world",
+                        help="a pairs file, or 'world' (4,000 world pairs: 3-token prompts) or 'chat' (4,000 "
+                             "conversational pairs: the reviews task's ~50-token chat prompts, world replies)")
     parser.add_argument("--work", type=Path, default=None, help="where runs and the 30M model go (default: a temp dir)")
     parser.add_argument("--cache", default=os.environ.get("ZOO_CACHE", "outputs/cache"), help="for smollm2's fetch")
     parser.add_argument("--json", type=Path, default=None)
@@ -157,7 +176,8 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
     work.mkdir(parents=True, exist_ok=True)
-    data = args.data or world_pairs(work / "pairs.jsonl", 4000)
+    makers = {"world": world_pairs, "chat": chat_pairs}
+    data = makers[args.data](work / f"{args.data}-pairs.jsonl", 4000) if args.data in makers else Path(args.data)
     models = {"world": lambda: WORLD_MODEL, "llama30m": lambda: llama30m(work / "llama30m"),
               "smollm2": lambda: smollm2(args.cache)}
     results = {}
