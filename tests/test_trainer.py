@@ -87,3 +87,12 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
     base = sequence_logps(load_causal_lm(str(paths.MODEL)), batch).logps.detach()
     torch.testing.assert_close(ref, base)
     assert not torch.allclose(sequence_logps(policy, batch).logps.detach(), base)
+
+
+def test_a_separate_reference_is_frozen_and_evaluated():
+    """The reference never trains: its dropout off (eval mode) and no parameter asking for a gradient, even if
+    it arrives in training mode."""
+    separate = load_causal_lm(str(paths.MODEL)).train()
+    Reference(load_causal_lm(str(paths.MODEL)), separate)
+    assert not separate.training and not any(m.training for m in separate.modules())
+    assert not any(p.requires_grad for p in separate.parameters())

@@ -192,6 +192,8 @@ class Reference:
         self.policy = policy
         self.separate = separate
         self.source = source  # the reference's weights (a directory or hub id), for cache keys
+        if separate is not None:
+            separate.eval().requires_grad_(False)
 
     @functools.cached_property
     def identity(self) -> str | None:
@@ -201,8 +203,6 @@ class Reference:
         from zoo.refcache import model_identity
 
         return None if self.source is None else model_identity(self.source)
-        if separate is not None:
-            separate.eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def model(self, unwrapped_policy: nn.Module | None = None):
