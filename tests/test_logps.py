@@ -155,7 +155,7 @@ def test_a_shared_prompt_is_computed_once_with_the_same_logps_and_gradients(all_
     """A paired batch (chosen rows 0-1, rejected rows 2-3, each pair one prompt): the prompt's states are
     computed once and read by both rows, and the log-probs and their gradients equal the padded full
     forward's, the prompt's last position predicting each row's own first reply token included."""
-    from zoo.models import _packed_hidden, _packed_trunk, _trunk_and_head, packing_works, prompt_lengths
+    from zoo.models import _packed_hidden, _packed_trunk, _trunk_and_head, prompt_lengths, prompt_sharing_works
 
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 1000, (6,), generator=generator).tolist(), torch.randint(3, 1000, (4,), generator=generator).tolist()]
@@ -181,7 +181,7 @@ def test_a_shared_prompt_is_computed_once_with_the_same_logps_and_gradients(all_
         padded = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     real = attention_mask.bool()
     torch.testing.assert_close(shared[real], padded[real], atol=1e-4, rtol=1e-4)
-    assert packing_works(trunk)  # so sequence_logps below takes this path, not the padded fallback
+    assert prompt_sharing_works(trunk)  # so sequence_logps below takes this path, not a fallback
 
     out = sequence_logps(model, batch, all_tokens=all_tokens)
     full = reference_logps(model, input_ids, attention_mask)
@@ -192,3 +192,43 @@ def test_a_shared_prompt_is_computed_once_with_the_same_logps_and_gradients(all_
     weights = torch.rand(slow.shape, generator=generator)  # every position's gradient counts, differently
     for a, b in zip(torch.autograd.grad((fast * weights).sum(), params), torch.autograd.grad((slow * weights).sum(), params)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_a_model_without_4d_masks_packs_without_sharing(monkeypatch):
+    """A trunk that takes no custom 4D mask (flash-attention's contract) fails the sharing check but keeps the
+    position-restart packing; a batch whose rows share prompts then packs them one by one, same log-probs."""
+    from zoo.models import packing_works, prompt_sharing_works
+
+    class No4DMask(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            if attention_mask is not None and attention_mask.dim() == 4:
+                raise ValueError("no 4D masks here")
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False)
+
+    model = load_causal_lm(str(paths.MODEL))
+    assert packing_works(No4DMask(model.model)) and not prompt_sharing_works(No4DMask(model.model))
+
+    monkeypatch.setattr(models, "prompt_sharing_works", lambda trunk: False)  # what such a model gets
+    monkeypatch.setattr(models, "_packed_trunk", _no_4d_mask(models._packed_trunk))
+    ids = torch.randint(3, 1000, (4, 9), generator=torch.Generator().manual_seed(2))
+    ids[2:, :5] = ids[:2, :5]  # rows 2-3 share rows 0-1's 5-token prompts, with other replies
+    completion_mask = torch.zeros_like(ids)
+    completion_mask[:, 5:] = 1
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": completion_mask}
+    with torch.no_grad():
+        out = sequence_logps(model, batch)
+        full = reference_logps(model, ids, batch["attention_mask"]) * completion_mask[:, 1:]
+    torch.testing.assert_close(out.token_logps, full, atol=2e-5, rtol=1e-5)
+
+
+def _no_4d_mask(packed_trunk):
+    """``_packed_trunk`` that fails if it is asked to share (the only case that passes a 4D mask)."""
+    def wrapped(trunk, input_ids, attention_mask, prefix_lengths=None):
+        assert prefix_lengths is None
+        return packed_trunk(trunk, input_ids, attention_mask, prefix_lengths)
+    return wrapped

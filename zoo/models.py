@@ -332,8 +332,10 @@ def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     and their index points into the first one's prefix. Groups are packed whole into R rows of W tokens
     (``packing_plan``), unless packing the sequences one by one costs less (``packing_cost``: a group is a
     longer unit, so its rows are wider; on the world's 3-token prompts sharing saves 5 % of the tokens and
-    would nearly double the attention cells). One (R, 1, W, W) attention mask keeps each token to what it sees in its own padded
-    sequence: earlier tokens of its own segment, and of its group's first sequence before its prefix ends.
+    would nearly double the attention cells). Where a prompt is shared, one (R, 1, W, W) attention mask
+    keeps each token to what it sees in its own padded sequence: earlier tokens of its own segment, and of
+    its group's first sequence before its prefix ends; where none is, no mask is passed, and transformers
+    reads each restart of the position ids as a sequence boundary (flash-attention's packed path too).
     A row's unused tail is one more segment, attended by nothing real. Linear layers then run on R x W
     instead of N x T positions: a DPO pair's prompt is computed once, and the padding of a batch of chosen +
     rejected replies (a third of it on the world) not at all."""
@@ -385,11 +387,12 @@ def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     packed_ids[dst] = input_ids.reshape(-1)[src]
     pos, seg, own, pre = (torch.tensor(x, device=device).view(len(rows), width)
                           for x in (positions, segment, owner, prefix))
-    # (R, W queries, W keys): causal within a sequence, plus the owner's tokens before the query's prefix ends
-    key_pos, key_seg = pos[:, None, :], seg[:, None, :]
-    mask = (key_pos <= pos[:, :, None]) & (
-        (key_seg == seg[:, :, None]) | ((key_seg == own[:, :, None]) & (key_pos < pre[:, :, None])))
-    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=pos, attention_mask=mask[:, None],
+    mask = None  # no prompt shared: transformers reads the position restarts as boundaries (flash-attention's too)
+    if len(groups) < n:  # (R, W queries, W keys): causal in a sequence, and its owner's tokens before its prefix ends
+        key_pos, key_seg = pos[:, None, :], seg[:, None, :]
+        mask = ((key_pos <= pos[:, :, None]) & (
+            (key_seg == seg[:, :, None]) | ((key_seg == own[:, :, None]) & (key_pos < pre[:, :, None]))))[:, None]
+    hidden = trunk(input_ids=packed_ids.view(len(rows), width), position_ids=pos, attention_mask=mask,
                    use_cache=False).last_hidden_state  # (R, W, H)
     index = torch.full((n * longest,), -1, dtype=torch.long, device=device)
     index[src] = dst
@@ -412,40 +415,53 @@ def _packed_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return out
 
 
-def packing_works(trunk: nn.Module) -> bool:
-    """Whether ``trunk`` follows ``_packed_trunk``'s rows (position ids and a 4D attention mask), checked once
-    per model on a small random batch with a shared prefix against the padded forward (a model that ignores
-    ``position_ids`` or a custom mask, e.g. remote code, keeps the padded path)."""
-    cached = getattr(trunk, "_zoo_packing_works", None)
-    if cached is not None:
-        return cached
+def _packing_check(trunk: nn.Module, shared: bool) -> bool:
+    """Whether ``trunk`` gives packed rows (``_packed_hidden``) the hidden states of the padded forward, on a
+    small random batch: with ``shared``, three of its rows share 4 leading tokens and are packed as one group
+    (the 4D-mask path); without, every row is its own sequence (the position-restart path)."""
     config = getattr(trunk, "config", None)
     vocab = getattr(config, "vocab_size", None)
+    if not vocab:
+        return False
     device = next(trunk.parameters()).device
-    ok = False
-    if vocab:
-        generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab, (4, 12), generator=generator)
+    ids = torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(0))
+    if shared:
         ids[1:3, :4] = ids[0, :4]  # rows 0-2 share 4 leading tokens; row 3 shares nothing
-        ids = ids.to(device)
-        mask = torch.tensor([[1] * 12, [1] * 5 + [0] * 7, [1] * 7 + [0] * 5, [1] * 6 + [0] * 6], device=device)
-        was_training = trunk.training
-        trunk.eval()
-        try:
-            with torch.no_grad():
-                padded = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                packed = _packed_hidden(trunk, ids, mask, [4, 4, 4, 4])
-            real = mask.bool()
-            # float rounding differs by dtype; attention across sequences would differ by O(1) in any dtype
-            tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
-            ok = packed is not None and torch.allclose(packed[real].float(), padded[real].float(), atol=tolerance,
-                                                       rtol=tolerance)
-        except (TypeError, ValueError, RuntimeError):  # a forward without position_ids, or another mask contract
-            ok = False
-        finally:
-            trunk.train(was_training)
-    trunk._zoo_packing_works = ok
-    return ok
+    ids = ids.to(device)
+    mask = torch.tensor([[1] * 12, [1] * 5 + [0] * 7, [1] * 7 + [0] * 5, [1] * 6 + [0] * 6], device=device)
+    was_training = trunk.training
+    trunk.eval()
+    try:
+        with torch.no_grad():
+            padded = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            packed = _packed_hidden(trunk, ids, mask, [4, 4, 4, 4] if shared else None)
+        real = mask.bool()
+        # float rounding differs by dtype; attention across sequences would differ by O(1) in any dtype
+        tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
+        return packed is not None and torch.allclose(packed[real].float(), padded[real].float(), atol=tolerance,
+                                                     rtol=tolerance)
+    except (TypeError, ValueError, RuntimeError):  # a forward without position_ids, or another mask contract
+        return False
+    finally:
+        trunk.train(was_training)
+
+
+def packing_works(trunk: nn.Module) -> bool:
+    """Whether ``trunk`` reads packed rows as separate sequences (``position_ids`` restarting), checked once per
+    model against the padded forward (a model that ignores the restarts, e.g. remote code, keeps the padded
+    path)."""
+    if getattr(trunk, "_zoo_packing_works", None) is None:
+        trunk._zoo_packing_works = _packing_check(trunk, shared=False)
+    return trunk._zoo_packing_works
+
+
+def prompt_sharing_works(trunk: nn.Module) -> bool:
+    """Whether ``trunk`` follows a 4D attention mask over packed rows, so rows with one prompt can share it,
+    checked once per model against the padded forward (flash-attention, which takes no such mask, packs
+    without sharing)."""
+    if getattr(trunk, "_zoo_prompt_sharing_works", None) is None:
+        trunk._zoo_prompt_sharing_works = _packing_check(trunk, shared=True)
+    return trunk._zoo_prompt_sharing_works
 
 
 def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -472,7 +488,10 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         return out * positions.to(out.dtype)
     trunk, head = parts
     where = positions.bool()
-    packed = _packed_trunk(trunk, input_ids, attention_mask, prefix_lengths) if packing_works(trunk) else None
+    packed = None
+    if packing_works(trunk):
+        shared = prefix_lengths if prefix_lengths and prompt_sharing_works(trunk) else None
+        packed = _packed_trunk(trunk, input_ids, attention_mask, shared)
     if packed is not None:  # the wanted positions' states read straight from the packed rows
         flat, index = packed
         picked = flat.index_select(0, index[:, :-1][where])  # (K, H)
