@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from pytest import approx
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -36,8 +38,12 @@ def test_cpu_smoke_measures_every_case_but_qlora(tmp_path):
         assert case["timed_steps"] == timed
         if algo == "dpo":  # 2 pairs a step of prompt 8 + chosen 12 + rejected 8 tokens, EOS after each completion
             assert case["tokens_per_step"] == 2 * (2 * 8 + 12 + 8 + 2)
-        else:  # a random model almost never samples EOS: completions of about the 4 new tokens asked for
-            assert 1 <= case["mean_length"] <= 4
+        else:  # tokens/s = completions/s x their mean length, the completions those of the timed steps
+            assert case["completions_per_s"] == approx(timed * gpu_check.SMOKE_WORKLOAD.ppo_batch / case["seconds"])
+            assert case["tokens_per_s"] == approx(case["completions_per_s"] * case["mean_length"])
+            # a random model's EOS is 1 of 1,024 nearly equal logits: almost every completion is the 4 new
+            # tokens asked for, none longer
+            assert 3 <= case["mean_length"] <= 4
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.count("| DPO vs DPOTrainer |") == table.count("| PPO vs RLOOTrainer |") == 4
 
