@@ -385,10 +385,10 @@ def _packed_trunk(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     src, dst = torch.tensor(src, device=device), torch.tensor(dst, device=device)
     packed_ids = torch.zeros(len(rows) * width, dtype=input_ids.dtype, device=device)
     packed_ids[dst] = input_ids.reshape(-1)[src]
-    pos, seg, own, pre = (torch.tensor(x, device=device).view(len(rows), width)
-                          for x in (positions, segment, owner, prefix))
+    pos = torch.tensor(positions, device=device).view(len(rows), width)
     mask = None  # no prompt shared: transformers reads the position restarts as boundaries (flash-attention's too)
     if len(groups) < n:  # (R, W queries, W keys): causal in a sequence, and its owner's tokens before its prefix ends
+        seg, own, pre = (torch.tensor(x, device=device).view(len(rows), width) for x in (segment, owner, prefix))
         key_pos, key_seg = pos[:, None, :], seg[:, None, :]
         mask = ((key_pos <= pos[:, :, None]) & (
             (key_seg == seg[:, :, None]) | ((key_seg == own[:, :, None]) & (key_pos < pre[:, :, None]))))[:, None]
