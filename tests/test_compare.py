@@ -77,6 +77,24 @@ def test_a_hydra_launcher_override_picks_the_launcher_and_reaches_the_runs(tmp_p
     assert not any(o.startswith(("hydra.launcher.n_jobs", "trainer.cpu_threads")) for o in command)
 
 
+def test_stages_built_beside_fail_loudly_with_their_log(tmp_path):
+    """A second process whose stages fail makes the block's end raise, naming the feedback and its log."""
+    from zoo.compare import StagesBeside
+
+    with pytest.raises(RuntimeError, match=r"feedback=no_such_source failed .*stages-no_such_source\.log"):
+        with StagesBeside(["experiment=smoke"], ["no_such_source"], tmp_path):
+            pass
+    assert "no_such_source" in (tmp_path / "stages-no_such_source.log").read_text()
+
+
+def test_no_stages_beside_starts_no_process(tmp_path):
+    from zoo.compare import StagesBeside
+
+    with StagesBeside(["experiment=smoke"], [], tmp_path) as beside:
+        pass
+    assert beside.process is None and beside.seconds == 0.0 and not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def compared(cache, tmp_path_factory):
     """One shrunken `zoo compare`: every algorithm x 2 seeds, best-of-N for N = 1, 2, 4 from pools of 8, and
@@ -125,7 +143,10 @@ def test_compare_records_how_the_results_were_made(compared):
     record = json.loads((out / "compare.json").read_text())
     assert record["command"].startswith("zoo compare experiment=smoke")
     assert len(record["commit"]) == 40 and record["machine"]["cpu_count"] >= 1
-    assert set(record["phases"]) == {"stages_seconds", "best_of_n_seconds", "runs_seconds"}
+    # the judge's stages were built in a second process beside best-of-N, into their own log
+    assert set(record["phases"]) == {"stages_seconds", "best_of_n_seconds", "stages_beside_best_of_n_seconds",
+                                     "runs_seconds"}
+    assert "[zoo compare] shared stages for feedback=judge" in (out / "logs" / "stages-judge.log").read_text()
     assert record["runs"] == 13 and len(record["failed_runs"]) == 1 and record["report_seconds"] > 0
     assert record["total_seconds"] > 0 and re.search(r"\(1 failed\) \+ best-of-N in \d+ min \d+ s", proc.stdout)
     assert "## How these results were made" in (out / "report.md").read_text()

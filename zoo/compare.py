@@ -4,7 +4,8 @@
    reference's pairs labelled by that source, and the reward model trained on them (``zoo.stages.prepare``).
    Every run below starts from these, so all methods share the starting policy, prompts and labels.
 2. **Best-of-N** from the reference, selected by the reward model (``zoo.best_of_n``); N = 1 is the
-   SFT reference's own row.
+   SFT reference's own row. The second and later feedback sources' stages are built meanwhile in a
+   second process (``StagesBeside``), with half the cores each.
 3. **Runs.** Each entry of ``compare.sweeps`` is one Hydra multirun, ``zoo train -m <overrides>
    seed=<seeds>``, under ``compare.launcher`` or a ``hydra/launcher=X`` override (``joblib``:
    ``compare.n_jobs`` runs at a time on this machine; ``submitit_slurm`` with its own
@@ -125,6 +126,79 @@ def sweep_command(sweep: list[str], seeds: list[int], passed: list[str], sweep_d
     return command
 
 
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def build_stages(overrides: list[str]) -> None:
+    """The shared stages (``SHARED_STAGES``) of the ``zoo train`` config for ``overrides``."""
+    from zoo.config import compose_train_config
+    from zoo.stages import prepare
+
+    prepare(compose_train_config(overrides), SHARED_STAGES)
+
+
+class StagesBeside:
+    """``with StagesBeside(overrides, feedbacks, logs):`` builds the shared stages of each of ``feedbacks`` (one
+    after the other) in a spawned process while the block runs, the block and the process on half the cores
+    each; leaving the block waits for the process and raises if it failed (with its log's last lines). No
+    feedbacks: nothing is started and the block keeps every core. ``seconds``: the process's wall time."""
+
+    def __init__(self, overrides: list[str], feedbacks: list[str], logs: Path):
+        self.overrides, self.feedbacks, self.logs = overrides, list(feedbacks), logs
+        self.process, self.seconds, self.threads = None, 0.0, None
+
+    def __enter__(self) -> "StagesBeside":
+        if not self.feedbacks:
+            return self
+        import multiprocessing
+
+        import torch
+
+        self.log = self.logs / f"stages-{'-'.join(self.feedbacks)}.log"
+        print(f"[zoo compare] shared stages for feedback={','.join(self.feedbacks)} in a second process "
+              f"(log: {portable(self.log)})", flush=True)
+        half = max(1, (os.cpu_count() or 1) // 2)
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(half)
+        self.started = time.perf_counter()
+        # spawn, not fork: a forked copy of a process that has run torch's thread pools can deadlock
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_build_stages_in_turn, args=(self.overrides, self.feedbacks, half, str(self.log)))
+        self.process.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.process is None:
+            return
+        import torch
+
+        if kind is not None:  # the block failed: its error is the one to see
+            self.process.terminate()
+        self.process.join()
+        self.seconds = time.perf_counter() - self.started
+        torch.set_num_threads(self.threads)
+        if kind is None and self.process.exitcode != 0:
+            tail = "\n".join(self.log.read_text(errors="replace").strip().splitlines()[-5:])
+            raise RuntimeError(f"building the stages of feedback={','.join(self.feedbacks)} failed (exit code "
+                               f"{self.process.exitcode}; log: {portable(self.log)}):\n{tail}")
+
+
+def _build_stages_in_turn(overrides: list[str], feedbacks: list[str], threads: int, log: str) -> None:
+    """The second process of :class:`StagesBeside`: its prints and progress bars go to ``log``."""
+    import torch
+
+    from zoo.cli import _quiet_libraries
+
+    handle = open(log, "a", buffering=1)
+    os.dup2(handle.fileno(), 1)
+    os.dup2(handle.fileno(), 2)
+    _quiet_libraries()  # as the parent: no weight-loading reports
+    torch.set_num_threads(threads)
+    for feedback in feedbacks:
+        print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
+        build_stages([*overrides, f"feedback={feedback}"])
+
+
 # ------------------------------------------------------------------------------------------------ progress
 
 
@@ -235,7 +309,6 @@ def main(argv: list[str]) -> int:
     from zoo.best_of_n import run_best_of_n
     from zoo.config import compose_compare_config, compose_train_config
     from zoo.report import ReportWarning, collect_runs, markdown_table, aggregate, write_report
-    from zoo.stages import prepare
 
     started = time.perf_counter()
     overrides = list(argv)
@@ -243,7 +316,7 @@ def main(argv: list[str]) -> int:
     passed = [*plan.overrides, *run_overrides(overrides)]  # the plan's own first: the command line's win
     cfg = compose_train_config([o for o in passed if not is_hydra_override(o)])  # hydra.*: for the runs
     out = Path(plan.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     launcher = launcher_of(overrides, plan.launcher)
     # unresolved: a sweep's ``tag=beta${algo.loss.beta}`` resolves in each run, not in the plan
     sweeps = [[str(o) for o in sweep] for sweep in OmegaConf.to_container(plan.sweeps, resolve=False)]
@@ -254,27 +327,33 @@ def main(argv: list[str]) -> int:
               "seeds": seeds, "phases": phases}
     (out / "compare.json").write_text(json.dumps(record, indent=2))
 
-    # 1. the shared stages, once per feedback source
+    # 1. the shared stages, once per feedback source; 2. best-of-N (and the reference's own row, N = 1).
+    # Best-of-N reads the first source's reward model only, so with two or more cores the other sources'
+    # labels and reward models are built in a second process beside it, each side on half the cores: on a
+    # world-sized model two single-threaded processes get more done than one process on two threads.
+    stage_overrides = [o for o in passed if not is_hydra_override(o)]
+    first, *others = plan.feedback
+    beside = others if plan.best_of_n and plan.n_jobs > 1 and (os.cpu_count() or 1) > 1 else []
     phase = time.perf_counter()
-    for feedback in plan.feedback:
+    for feedback in [first, *(o for o in others if o not in beside)]:
         print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
-        prepare(compose_train_config([*(o for o in passed if not is_hydra_override(o)), f"feedback={feedback}"]),
-                SHARED_STAGES)
+        build_stages([*stage_overrides, f"feedback={feedback}"])
     phases["stages_seconds"] = time.perf_counter() - phase
 
-    # 2. best-of-N (and the reference's own row, N = 1)
     phase = time.perf_counter()
-    if plan.best_of_n:
-        print(f"[zoo compare] best-of-N for N in {list(plan.best_of_n)}", flush=True)
-        run_best_of_n(cfg, out / "best_of_n", list(plan.best_of_n), plan.best_of_n_prompts, plan.best_of_n_pool)
-    phases["best_of_n_seconds"] = time.perf_counter() - phase
+    with StagesBeside(stage_overrides, beside, out / "logs") as background:
+        if plan.best_of_n:
+            print(f"[zoo compare] best-of-N for N in {list(plan.best_of_n)}", flush=True)
+            run_best_of_n(cfg, out / "best_of_n", list(plan.best_of_n), plan.best_of_n_prompts, plan.best_of_n_pool)
+        phases["best_of_n_seconds"] = time.perf_counter() - phase
+    if beside:
+        phases["stages_beside_best_of_n_seconds"] = background.seconds
 
     # 3. the runs: one Hydra multirun per sweep, followed by one progress bar
     phase = time.perf_counter()
     sizes = [sweep_size([*sweep, "seed=" + ",".join(map(str, seeds))]) for sweep in sweeps]
     total = sum(sizes) if None not in sizes else None
     logs = out / "logs"
-    logs.mkdir(exist_ok=True)
     sweep_failures = []
     with tqdm(total=total, desc="zoo compare: runs", unit="run", dynamic_ncols=True) as bar:
         done = 0
@@ -312,6 +391,9 @@ def main(argv: list[str]) -> int:
         print(f"zoo compare: warning: {message}", file=sys.stderr)
     print(f"[zoo compare] {len(trained)} runs ({len(failed)} failed) + best-of-N in "
           f"{minutes(record['total_seconds'])}: stages {minutes(phases['stages_seconds'])}, best-of-N "
-          f"{minutes(phases['best_of_n_seconds'])}, runs {minutes(phases['runs_seconds'])}")
+          f"{minutes(phases['best_of_n_seconds'])}" + (
+              f" (beside it, the stages of feedback={','.join(beside)}: "
+              f"{minutes(phases['stages_beside_best_of_n_seconds'])})" if beside else "")
+          + f", runs {minutes(phases['runs_seconds'])}")
     print(f"[zoo compare] report: {paths[1]}")
     return len(failed) + len(sweep_failures)

@@ -218,7 +218,9 @@ class CompareConfig:
     # >= the largest N: rewards are unbiased for any N up to it; the KL estimate is 0.04 nats low at N = pool = 64
     best_of_n_pool: int = 64
     launcher: str = "joblib"  # hydra/launcher for the sweeps: joblib (this machine) | basic | submitit_slurm ...
-    n_jobs: int = 2  # joblib: runs at a time (each gets cpu_count / n_jobs torch threads)
+    # joblib: runs at a time (each gets cpu_count / n_jobs torch threads); > 1 also builds the second and later
+    # feedback sources' stages in a second process beside best-of-N
+    n_jobs: int = 2
     out: str = "outputs/compare/${now:%Y-%m-%d_%H-%M-%S}"  # report, best-of-N and run dirs
 
 
