@@ -5,7 +5,8 @@
    Every run below starts from these, so all methods share the starting policy, prompts and labels.
 2. **Best-of-N** from the reference, selected by the reward model (``zoo.best_of_n``); N = 1 is the
    SFT reference's own row. The second and later feedback sources' stages are built meanwhile in a
-   second process (``StagesBeside``), with half the cores each.
+   second process (``StagesBeside``), with half the cores each, which goes on beside the runs if it must
+   (a run that needs its stages waits on their lock).
 3. **Runs.** Each entry of ``compare.sweeps`` is one Hydra multirun, ``zoo train -m <overrides>
    seed=<seeds>``, under ``compare.launcher`` or a ``hydra/launcher=X`` override (``joblib``:
    ``compare.n_jobs`` runs at a time on this machine; ``submitit_slurm`` with its own
@@ -26,6 +27,7 @@ best-of-N and every run before the command line's; its arms may live in a subfol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -138,65 +140,79 @@ def build_stages(overrides: list[str]) -> None:
 
 
 class StagesBeside:
-    """``with StagesBeside(overrides, feedbacks, logs):`` builds the shared stages of each of ``feedbacks`` (one
-    after the other) in a spawned process while the block runs, the block and the process on half the cores
-    each; leaving the block waits for the process and raises if it failed (with its log's last lines). No
-    feedbacks: nothing is started and the block keeps every core. ``seconds``: the process's wall time."""
+    """``with StagesBeside(overrides, feedbacks, logs) as beside:`` builds the shared stages of each of
+    ``feedbacks`` (one after the other) in a spawned process while the block runs; inside it,
+    ``with beside.half_the_cores():`` gives a part of the block half the cores, the process having the
+    other half. Leaving the block waits for the process (or ends it, if the block raised); ``error`` then
+    says why the process failed (None if it did not), with its log's last lines, and ``seconds`` is its
+    wall time. No feedbacks: nothing is started and the block keeps every core."""
 
     def __init__(self, overrides: list[str], feedbacks: list[str], logs: Path):
-        self.overrides, self.feedbacks, self.logs = overrides, list(feedbacks), logs
-        self.process, self.seconds, self.threads = None, 0.0, None
+        self.overrides, self.feedbacks = overrides, list(feedbacks)
+        self.log = logs / f"stages-{'-'.join(self.feedbacks)}.log"
+        self.half = max(1, (os.cpu_count() or 1) // 2)
+        self.process, self.seconds, self.error = None, 0.0, None
 
     def __enter__(self) -> "StagesBeside":
         if not self.feedbacks:
             return self
         import multiprocessing
 
-        import torch
-
-        self.log = self.logs / f"stages-{'-'.join(self.feedbacks)}.log"
         print(f"[zoo compare] shared stages for feedback={','.join(self.feedbacks)} in a second process "
               f"(log: {portable(self.log)})", flush=True)
-        half = max(1, (os.cpu_count() or 1) // 2)
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(half)
-        self.started = time.perf_counter()
-        # spawn, not fork: a forked copy of a process that has run torch's thread pools can deadlock
-        self.process = multiprocessing.get_context("spawn").Process(
-            target=_build_stages_in_turn, args=(self.overrides, self.feedbacks, half, str(self.log)))
+        context = multiprocessing.get_context("spawn")  # not fork: a forked torch thread pool can deadlock
+        self._seconds = context.Value("d", 0.0)  # the process's own wall time, written when it ends
+        self.process = context.Process(target=_build_stages_in_turn, args=(
+            self.overrides, self.feedbacks, self.half, str(self.log), self._seconds))
         self.process.start()
         return self
+
+    @contextlib.contextmanager
+    def half_the_cores(self):
+        """This process on ``half`` torch threads while the stages' process is running (on the rest)."""
+        import torch
+
+        if self.process is None:
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.half)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def __exit__(self, kind, value, traceback) -> None:
         if self.process is None:
             return
-        import torch
-
         if kind is not None:  # the block failed: its error is the one to see
             self.process.terminate()
         self.process.join()
-        self.seconds = time.perf_counter() - self.started
-        torch.set_num_threads(self.threads)
-        if kind is None and self.process.exitcode != 0:
-            tail = "\n".join(self.log.read_text(errors="replace").strip().splitlines()[-5:])
-            raise RuntimeError(f"building the stages of feedback={','.join(self.feedbacks)} failed (exit code "
-                               f"{self.process.exitcode}; log: {portable(self.log)}):\n{tail}")
+        self.seconds = self._seconds.value
+        if self.process.exitcode != 0 and kind is None:
+            tail = " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
+            self.error = (f"building the stages of feedback={','.join(self.feedbacks)} failed (exit code "
+                          f"{self.process.exitcode}; log: {portable(self.log)}): {tail}")
 
 
-def _build_stages_in_turn(overrides: list[str], feedbacks: list[str], threads: int, log: str) -> None:
-    """The second process of :class:`StagesBeside`: its prints and progress bars go to ``log``."""
+def _build_stages_in_turn(overrides: list[str], feedbacks: list[str], threads: int, log: str, seconds) -> None:
+    """The process of :class:`StagesBeside`: its prints and progress bars go to ``log``."""
     import torch
 
     from zoo.cli import _quiet_libraries
 
+    started = time.perf_counter()
     handle = open(log, "a", buffering=1)
     os.dup2(handle.fileno(), 1)
     os.dup2(handle.fileno(), 2)
     _quiet_libraries()  # as the parent: no weight-loading reports
     torch.set_num_threads(threads)
-    for feedback in feedbacks:
-        print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
-        build_stages([*overrides, f"feedback={feedback}"])
+    try:
+        for feedback in feedbacks:
+            print(f"[zoo compare] shared stages for feedback={feedback}", flush=True)
+            build_stages([*overrides, f"feedback={feedback}"])
+    finally:
+        seconds.value = time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -329,8 +345,9 @@ def main(argv: list[str]) -> int:
 
     # 1. the shared stages, once per feedback source; 2. best-of-N (and the reference's own row, N = 1).
     # Best-of-N reads the first source's reward model only, so with two or more cores the other sources'
-    # labels and reward models are built in a second process beside it, each side on half the cores: on a
-    # world-sized model two single-threaded processes get more done than one process on two threads.
+    # labels and reward models are built in a second process beside it, each side on half the cores (on a
+    # world-sized model best-of-N's sampling gains little from a second thread), and the runs start when
+    # best-of-N ends: a run that needs those stages before they are built waits on the stage's lock.
     stage_overrides = [o for o in passed if not is_hydra_override(o)]
     first, *others = plan.feedback
     beside = others if plan.best_of_n and plan.n_jobs > 1 and (os.cpu_count() or 1) > 1 else []
@@ -340,37 +357,41 @@ def main(argv: list[str]) -> int:
         build_stages([*stage_overrides, f"feedback={feedback}"])
     phases["stages_seconds"] = time.perf_counter() - phase
 
-    phase = time.perf_counter()
+    sweep_failures = []
     with StagesBeside(stage_overrides, beside, out / "logs") as background:
+        phase = time.perf_counter()
         if plan.best_of_n:
             print(f"[zoo compare] best-of-N for N in {list(plan.best_of_n)}", flush=True)
-            run_best_of_n(cfg, out / "best_of_n", list(plan.best_of_n), plan.best_of_n_prompts, plan.best_of_n_pool)
+            with background.half_the_cores():
+                run_best_of_n(cfg, out / "best_of_n", list(plan.best_of_n), plan.best_of_n_prompts,
+                              plan.best_of_n_pool)
         phases["best_of_n_seconds"] = time.perf_counter() - phase
-    if beside:
-        phases["stages_beside_best_of_n_seconds"] = background.seconds
 
-    # 3. the runs: one Hydra multirun per sweep, followed by one progress bar
-    phase = time.perf_counter()
-    sizes = [sweep_size([*sweep, "seed=" + ",".join(map(str, seeds))]) for sweep in sweeps]
-    total = sum(sizes) if None not in sizes else None
-    logs = out / "logs"
-    sweep_failures = []
-    with tqdm(total=total, desc="zoo compare: runs", unit="run", dynamic_ncols=True) as bar:
-        done = 0
-        for i, sweep in enumerate(sweeps):
-            command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", launcher, plan.n_jobs)
-            with open(logs / f"sweep{i}.log", "w") as log:
-                log.write("$ " + shlex.join(["python", *command[1:]]) + "\n\n")  # no machine's interpreter path
-                log.flush()
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-                states = follow(process, out / "runs" / f"sweep{i}", bar, done)
-            done += len(states)
-            if process.returncode != 0 and not any(s["status"] == "failed" for s in states.values()):
-                # nothing recorded a failure, so the sweep itself broke (a bad override, a launcher error)
-                tail = (logs / f"sweep{i}.log").read_text()[-2000:].strip().splitlines()[-1:]
-                sweep_failures.append(f"sweep {i} ({' '.join(sweep)}) exited {process.returncode} before its "
-                                      f"runs finished: {' '.join(tail)} (log: {logs / f'sweep{i}.log'})")
-    phases["runs_seconds"] = time.perf_counter() - phase
+        # 3. the runs: one Hydra multirun per sweep, followed by one progress bar
+        phase = time.perf_counter()
+        sizes = [sweep_size([*sweep, "seed=" + ",".join(map(str, seeds))]) for sweep in sweeps]
+        total = sum(sizes) if None not in sizes else None
+        logs = out / "logs"
+        with tqdm(total=total, desc="zoo compare: runs", unit="run", dynamic_ncols=True) as bar:
+            done = 0
+            for i, sweep in enumerate(sweeps):
+                command = sweep_command(sweep, seeds, passed, out / "runs" / f"sweep{i}", launcher, plan.n_jobs)
+                with open(logs / f"sweep{i}.log", "w") as log:
+                    log.write("$ " + shlex.join(["python", *command[1:]]) + "\n\n")  # no machine's interpreter path
+                    log.flush()
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                    states = follow(process, out / "runs" / f"sweep{i}", bar, done)
+                done += len(states)
+                if process.returncode != 0 and not any(s["status"] == "failed" for s in states.values()):
+                    # nothing recorded a failure, so the sweep itself broke (a bad override, a launcher error)
+                    tail = (logs / f"sweep{i}.log").read_text()[-2000:].strip().splitlines()[-1:]
+                    sweep_failures.append(f"sweep {i} ({' '.join(sweep)}) exited {process.returncode} before its "
+                                          f"runs finished: {' '.join(tail)} (log: {logs / f'sweep{i}.log'})")
+        phases["runs_seconds"] = time.perf_counter() - phase
+    if beside:
+        phases["stages_beside_seconds"] = background.seconds
+    if background.error:  # the runs that needed those stages failed too, and are in the report as failed
+        sweep_failures.append(background.error)
 
     # 4. the report (its own few seconds are in compare.json, not in report.md's wall time)
     with warnings.catch_warnings(record=True) as caught:
@@ -391,9 +412,8 @@ def main(argv: list[str]) -> int:
         print(f"zoo compare: warning: {message}", file=sys.stderr)
     print(f"[zoo compare] {len(trained)} runs ({len(failed)} failed) + best-of-N in "
           f"{minutes(record['total_seconds'])}: stages {minutes(phases['stages_seconds'])}, best-of-N "
-          f"{minutes(phases['best_of_n_seconds'])}" + (
-              f" (beside it, the stages of feedback={','.join(beside)}: "
-              f"{minutes(phases['stages_beside_best_of_n_seconds'])})" if beside else "")
-          + f", runs {minutes(phases['runs_seconds'])}")
+          f"{minutes(phases['best_of_n_seconds'])}, runs {minutes(phases['runs_seconds'])}" + (
+              f" (beside them, the stages of feedback={','.join(beside)}: "
+              f"{minutes(phases['stages_beside_seconds'])})" if beside else ""))
     print(f"[zoo compare] report: {paths[1]}")
     return len(failed) + len(sweep_failures)

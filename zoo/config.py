@@ -219,7 +219,7 @@ class CompareConfig:
     best_of_n_pool: int = 64
     launcher: str = "joblib"  # hydra/launcher for the sweeps: joblib (this machine) | basic | submitit_slurm ...
     # joblib: runs at a time (each gets cpu_count / n_jobs torch threads); > 1 also builds the second and later
-    # feedback sources' stages in a second process beside best-of-N
+    # feedback sources' stages in a second process beside best-of-N (and the runs' start)
     n_jobs: int = 2
     out: str = "outputs/compare/${now:%Y-%m-%d_%H-%M-%S}"  # report, best-of-N and run dirs
 
