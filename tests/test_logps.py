@@ -61,6 +61,32 @@ def test_only_the_asked_positions_reach_the_lm_head(batch):
     assert sum(rows) == int(positions.sum()) == 15  # not 3 x 10 (and not the 3 x 11 of a full forward)
 
 
+@pytest.mark.parametrize("separable", [True, False])
+def test_last_logits_are_the_full_forwards_last_position_and_only_it_reaches_the_head(separable, monkeypatch):
+    """Left-padded rows with positions counted from each row's first real token (the judge's input): the
+    (N, V) logits equal the full forward's at the last position; the head sees N rows, not N x L. A model
+    whose head cannot be called apart takes the full forward."""
+    from zoo.models import last_logits
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 1000, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :4] = 0  # left padding
+    attention_mask[2, :1] = 0
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    model = load_causal_lm(str(paths.MODEL)).eval()
+    if not separable:
+        monkeypatch.setattr(models, "_trunk_and_head", lambda model: None)
+    rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        fast = last_logits(model, input_ids, attention_mask, positions)
+        expected_rows = [3] if separable else [3 * 9]
+        assert rows == expected_rows
+        full = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, -1]
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
 def test_sequence_logps_reads_prompt_tokens_only_when_asked(batch):
     """all_tokens=True adds every real token's log-prob (ORPO's NLL over the prompt), the same numbers."""
     input_ids, attention_mask, positions = batch

@@ -244,6 +244,22 @@ def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return trunk, head
 
 
+def last_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, V) next-token logits at the last position of (N, L) rows (left-padded: the last is every row's
+    last real token). The LM head runs on that one position only (a judge's prompts are hundreds of
+    tokens, and (N, L, V) logits of a 49k vocabulary are gigabytes); models whose head cannot be called
+    apart (``_trunk_and_head``) compute the full logits and keep the last."""
+    parts = _trunk_and_head(model)
+    if parts is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).logits[:, -1]
+    trunk, head = parts
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).last_hidden_state  # (N, L, H)
+    return head(hidden[:, -1])  # (N, V)
+
+
 def _label_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """(...) log p(label) from (..., V) logits, in float32: minus the cross-entropy, whose fused log-softmax
     and its backward take one pass over the logits each (the label's logit minus a ``logsumexp`` takes five:

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from zoo.feedback.base import Labels
+from zoo.models import last_logits
 
 DEFAULT_PRINCIPLE = "Which continuation of the movie review is more positive?"
 # Delimiters around each response; a response may not contain them (see ``_neutralise``).
@@ -289,8 +290,7 @@ class LMJudge:
             ids, mask = input_ids[start:start + self.batch_size], attention_mask[start:start + self.batch_size]
             # left padding: positions count from each row's first real token (absolute-position models care)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                  use_cache=False).logits[:, -1].float())
+            out.append(last_logits(self.model, ids, mask, positions).float())
         return torch.cat(out)
 
     def _encode(self, texts: list[str]):
