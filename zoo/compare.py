@@ -190,7 +190,8 @@ class StagesBeside:
         self.process.join()
         self.seconds = self._seconds.value
         if self.process.exitcode != 0 and kind is None:
-            tail = " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
+            lines = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            tail = " | ".join(line[-300:] for line in lines)
             self.error = (f"building the stages of feedback={','.join(self.feedbacks)} failed (exit code "
                           f"{self.process.exitcode}; log: {portable(self.log)}): {tail}")
 
@@ -390,7 +391,7 @@ def main(argv: list[str]) -> int:
         phases["runs_seconds"] = time.perf_counter() - phase
     if beside:
         phases["stages_beside_seconds"] = background.seconds
-    if background.error:  # the runs that needed those stages failed too, and are in the report as failed
+    if background.error:  # the runs that needed those stages built them themselves or failed: the report says which
         sweep_failures.append(background.error)
 
     # 4. the report (its own few seconds are in compare.json, not in report.md's wall time)
