@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import GradientAccumulationPlugin, gather_object
 from tqdm.auto import tqdm
 
 from zoo.builders import MODEL_KINDS
@@ -102,7 +102,7 @@ def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor]) 
     for name, value in metrics.items():
         flat = value.detach().float().reshape(-1)
         local[name] = (flat.sum().item(), flat.numel())
-    parts = accelerator.gather_object([local]) if accelerator.num_processes > 1 else [local]
+    parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
     sums, counts = defaultdict(float), defaultdict(int)
     for part in parts:
         for name, (total, count) in part.items():
@@ -129,12 +129,18 @@ def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, r
     follow the data loader's end), AdamW and its schedule (linear warm-up then constant, the DPO paper's),
     all prepared, torch seeded; the reference on the device; a stateful source registered for checkpoints."""
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
-    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
+    # cpu=True on a machine without an accelerator: accelerate reads several CPU processes (torchrun, gloo) as
+    # one distributed run only when told so (`accelerate launch --cpu` says it); otherwise each trains alone
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
+                              cpu=not torch.accelerator.is_available())
     torch.manual_seed(seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _adamw(params, cfg)
     warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    # accelerate steps a prepared scheduler once per process at every update (it assumes the schedule counts one
+    # process's batches), so its count is updates x processes; warmup_steps counts updates
+    processes = accelerator.num_processes
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s // processes + 1) / warmup))
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     if reference is not None:
         reference.to(accelerator.device)
