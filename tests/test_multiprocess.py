@@ -1,4 +1,4 @@
-"""Two CPU processes (torchrun, gloo) train like one process with the same global batch.
+"""Two CPU processes (torchrun, gloo) train like one process with the same global batch, and one of them writes.
 
 accelerate reads CPU processes as one distributed run only when told ``cpu=True``; before zoo said so, each
 torchrun process trained alone on all the data and wrote its own copy of every log line. The data shard
@@ -36,8 +36,13 @@ def losses(run_dir):
 @pytest.mark.parametrize("algo", ["dpo", "kto"])
 def test_two_processes_follow_the_one_process_run_with_the_same_global_batch(algo, cache, tmp_path):
     zoo("train", f"algo={algo}", *COMMON, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}", cache=cache)
-    torchrun("train", f"algo={algo}", *COMMON, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}",
-             cache=cache)
+    two_procs = torchrun("train", f"algo={algo}", *COMMON, "trainer.batch_size=4", "eval.num_prompts=4",
+                         f"hydra.run.dir={tmp_path / 'two'}", cache=cache)
+    # one writer: the main process alone evaluates, saves the model and writes metrics.json and the summary
+    assert two_procs.stdout.count(f"[zoo] {algo} seed 0 ->") == 1, two_procs.stdout[-2000:]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["num_eval_prompts"] == 4 and "gold_reward" in metrics
+    assert (tmp_path / "two" / "model" / "model.safetensors").exists()
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [s for s, _, _ in two] == [1, 2, 3, 4, 5]  # one writer: each step logged once, not once per process
     assert [lr for _, _, lr in two] == [lr for _, _, lr in one]  # the warm-up counts updates, not process steps

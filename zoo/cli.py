@@ -72,6 +72,10 @@ def _train_main() -> None:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 return None  # the other runs of the sweep still complete
             raise SystemExit(1)
+        from zoo.trainer import is_main_process
+
+        if not is_main_process():
+            return None  # the main process reports the run
         summary = {k: metrics[k] for k in ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "rm_accuracy_vs_labels",
                                                  "rm_accuracy_vs_gold", "rm_spearman_gold") if k in metrics}
         print(f"[zoo] {cfg.algo.name} seed {cfg.seed} -> {shown}: " + ", ".join(

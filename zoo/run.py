@@ -28,13 +28,15 @@ from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
 from zoo.models import model_tokenizer
 from zoo.refcache import ReferenceCache, reference_setting
 from zoo.stages import prepare
-from zoo.trainer import fit
+from zoo.trainer import fit, is_main_process
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run ``cfg`` in ``run_dir``; returns the metrics written to metrics.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(portable_config(cfg))
+    main = is_main_process()  # of several processes (torchrun), only the first writes the run's files
+    if main:
+        (run_dir / "config.yaml").write_text(portable_config(cfg))
     metrics: dict = {"algo": cfg.algo.name, "feedback": cfg.feedback.name, "model": cfg.model.name,
                      "data": cfg.data.name, "seed": cfg.seed, "tag": cfg.tag, "status": "running"}
     try:
@@ -45,7 +47,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         metrics.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if main:
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
@@ -109,8 +112,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     policy = built.policy
     save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \
         else {}  # PPO under LoRA: the policy's adapter only (value / reward adapters live on the same model)
-    policy.save_pretrained(run_dir / "model", safe_serialization=True, **save_kwargs)
-    tokenizer.save_pretrained(run_dir / "model")
+    main = is_main_process()
+    if main:
+        policy.save_pretrained(run_dir / "model", safe_serialization=True, **save_kwargs)
+        tokenizer.save_pretrained(run_dir / "model")
     cache = cfg.stages.cache_dir
     out = {
         "train_seconds": result.train_seconds, "stage_seconds": stages.seconds + data_seconds, "steps": result.steps,
@@ -124,8 +129,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         **(stages.labels.feedback_metrics() if stages.labels else {}), **built.info,
     }
 
-    # --- evaluate on held-out data (prompts for a policy, pairs for a reward model) ---
-    if cfg.eval.num_prompts > 0 and data.eval_items:
+    # --- evaluate on held-out data (prompts for a policy, pairs for a reward model): once, by the main process ---
+    if main and cfg.eval.num_prompts > 0 and data.eval_items:
         policy.eval()
         eval_metrics, samples = kind.evaluate(cfg, policy, built.reference, tokenizer, data.eval_items, task)
         out.update(eval_metrics)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import GradientAccumulationPlugin, gather_object
 from tqdm.auto import tqdm
 
@@ -123,16 +123,26 @@ class _Training:
     params: list[torch.nn.Parameter]
 
 
+def _on_cpu() -> bool:
+    """cpu=True on a machine without an accelerator: accelerate reads several CPU processes (torchrun, gloo) as one
+    distributed run only when told so (`accelerate launch --cpu` says it); otherwise each would train alone."""
+    return not torch.accelerator.is_available()
+
+
+def is_main_process() -> bool:
+    """Whether this process writes a run's files (the only one, or rank 0 of several); the same process state
+    ``fit``'s Accelerator joins."""
+    return PartialState(cpu=_on_cpu()).is_main_process
+
+
 def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, reference: Reference | None, seed: int
              ) -> _Training:
     """The accelerator (windows are always whole and drawn ahead of their forwards, so the step must not
     follow the data loader's end), AdamW and its schedule (linear warm-up then constant, the DPO paper's),
     all prepared, torch seeded; the reference on the device; a stateful source registered for checkpoints."""
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
-    # cpu=True on a machine without an accelerator: accelerate reads several CPU processes (torchrun, gloo) as
-    # one distributed run only when told so (`accelerate launch --cpu` says it); otherwise each trains alone
     accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
-                              cpu=not torch.accelerator.is_available())
+                              cpu=_on_cpu())
     torch.manual_seed(seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _adamw(params, cfg)
