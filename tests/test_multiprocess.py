@@ -8,9 +8,6 @@ loss trajectories to agree.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,14 +18,6 @@ COMMON = ["experiment=smoke", "trainer.max_steps=5", "trainer.warmup_steps=3", "
           "eval.num_prompts=0", "trainer.log_every=1", "trainer.cpu_threads=1"]
 
 
-def torchrun(*args, cache):
-    env = {**os.environ, "ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "zoo.cli", *args], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
 def losses(run_dir):
     return [(row["step"], row["loss"], row["lr"]) for row in map(json.loads, open(run_dir / "log.jsonl"))]
 
@@ -36,8 +25,8 @@ def losses(run_dir):
 @pytest.mark.parametrize("algo", ["dpo", "kto"])
 def test_two_processes_follow_the_one_process_run_with_the_same_global_batch(algo, cache, tmp_path):
     zoo("train", f"algo={algo}", *COMMON, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}", cache=cache)
-    two_procs = torchrun("train", f"algo={algo}", *COMMON, "trainer.batch_size=4", "eval.num_prompts=4",
-                         f"hydra.run.dir={tmp_path / 'two'}", cache=cache)
+    two_procs = zoo("train", f"algo={algo}", *COMMON, "trainer.batch_size=4", "eval.num_prompts=4",
+                    f"hydra.run.dir={tmp_path / 'two'}", cache=cache, processes=2)
     # one writer: the main process alone evaluates, saves the model and writes metrics.json and the summary
     assert two_procs.stdout.count(f"[zoo] {algo} seed 0 ->") == 1, two_procs.stdout[-2000:]
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())

@@ -5,11 +5,15 @@ import subprocess
 import sys
 
 
-def zoo(*args, cache, check=True):
-    """``zoo ARGS`` with ``ZOO_CACHE=cache``; raises with its stderr if it fails and ``check``."""
+def zoo(*args, cache, check=True, processes=1):
+    """``zoo ARGS`` with ``ZOO_CACHE=cache``, as ``processes`` torchrun processes when more than one; raises with
+    its output if it fails and ``check``."""
     env = {**os.environ, "ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 \
+        else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "zoo.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
     if check and proc.returncode != 0:
-        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                             f"{proc.stderr[-3000:]}")
     return proc

@@ -40,7 +40,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     metrics: dict = {"algo": cfg.algo.name, "feedback": cfg.feedback.name, "model": cfg.model.name,
                      "data": cfg.data.name, "seed": cfg.seed, "tag": cfg.tag, "status": "running"}
     try:
-        metrics.update(_train(cfg, run_dir))
+        metrics.update(_train(cfg, run_dir, main))
         metrics["status"] = "finished"
         return metrics
     except BaseException as err:
@@ -61,7 +61,7 @@ def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
     return "prompts"
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
     rss_reset = reset_peak_memory()  # this run's peak, not the process's (multirun workers are reused)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -112,8 +112,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     policy = built.policy
     save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \
         else {}  # PPO under LoRA: the policy's adapter only (value / reward adapters live on the same model)
-    main = is_main_process()
-    if main:
+    if main:  # the process that writes the run's files
         policy.save_pretrained(run_dir / "model", safe_serialization=True, **save_kwargs)
         tokenizer.save_pretrained(run_dir / "model")
     cache = cfg.stages.cache_dir
