@@ -1,6 +1,7 @@
 """Hand-computed tests for the PPO-RLHF building blocks: tiny tensors, derivations in the docstrings."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -65,6 +66,33 @@ def test_masked_whiten_without_mean_shift_keeps_the_mean():
     assert_close(out * (1 - X_MASK), torch.zeros_like(X))
     assert_close(masked_mean(out, X_MASK), torch.tensor(2.75))
     assert_close(masked_var(out, X_MASK), torch.tensor(1.0), atol=1e-6, rtol=0)
+
+
+def test_masked_whiten_over_two_processes_takes_the_whole_batchs_statistics():
+    """Row 0 on one process, row 1 on another: each whitens its row with the mean 2.75 and variance 35/12 of
+    all four valid entries (``over_processes`` sums over both, here two threads meeting at a barrier), so
+    the halves equal the hand-computed whole-batch result; alone, row 1's single entry could not be whitened."""
+    barrier, shares = threading.Barrier(2), [[], []]
+
+    def over_processes(rank):
+        def total(value):
+            call = len(shares[rank])
+            shares[rank].append(value)
+            barrier.wait()  # both processes have added their share of this sum
+            return shares[0][call] + shares[1][call]
+        return total
+
+    out = [None, None]
+
+    def process(rank):
+        out[rank] = masked_whiten(X[rank:rank + 1], X_MASK[rank:rank + 1], over_processes=over_processes(rank))
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert_close(torch.cat(out), masked_whiten(X, X_MASK))
 
 
 # ---------------------------------------------------------------------------------------------

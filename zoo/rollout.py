@@ -103,7 +103,10 @@ class Experience:
     4. rewards and GAE advantages through the loss (``PPOLoss.shape_rewards`` / ``advantages``),
     5. yield ``ppo_epochs`` shuffled passes of minibatches (each split into ``grad_accum`` micro-batches).
 
-    The KL controller and the RM-score normalisation live here and are checkpointed (``state_dict``).
+    The KL controller and the RM-score normalisation live here and are checkpointed (``state_dict``). With
+    several processes, each samples its share of the rollout batch and these statistics, as the advantage
+    whitening's, are taken over every process's rows: all processes hold the same state, which the main one
+    checkpoints, and train as one process would on the whole batch.
     """
 
     def __init__(self, loss_fn, policy, value, reference, scorer: Scorer, tokenizer, prompts: list,
@@ -122,6 +125,7 @@ class Experience:
         self.score_mean: float | None = None  # RM-score normalisation, fixed on the first rollout
         self.score_std: float | None = None
         self.autocast = contextlib.nullcontext  # replaced by the accelerator's in ``batches``
+        self.accelerator = None  # set in ``batches``: the rollout's statistics are over all its processes
 
     # --- checkpointed state (accelerate ``register_for_checkpointing``) ---
 
@@ -137,7 +141,8 @@ class Experience:
     def batches(self, accelerator, model, start: int, end: int):
         """Micro-batches ``start..end`` (counted over all processes, as ``fit`` counts them); ``start``
         falls on a rollout boundary, where ``fit`` checkpoints. Each process samples its own rollouts
-        (its own prompt order); whitening and score normalisation are per process."""
+        (its own prompt order) and the statistics that drive training are taken over all of them (see
+        ``rollout``)."""
         processes = accelerator.num_processes
         per_rollout = self.steps_per_refresh * self.grad_accum * processes
         if start % per_rollout:
@@ -146,7 +151,20 @@ class Experience:
         self.reference.to(accelerator.device)  # fit moves it only for losses that declare needs_reference
         self.autocast = accelerator.autocast  # old log-probs / values in the same precision as the update
         self.process_seed = process_seed(self.seed, accelerator)
+        self.accelerator = accelerator
         return self._generate(accelerator.device, start // per_rollout, (end - start) // processes)
+
+    def over_processes(self, total: torch.Tensor) -> torch.Tensor:
+        """A sum over the processes that each hold a share of the rollout batch (the sum itself on one)."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return total
+        return self.accelerator.reduce(total, reduction="sum")
+
+    def all_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N,) this process's rows -> (N x processes,) every process's, in process order."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return rows
+        return self.accelerator.gather(rows)
 
     def _generate(self, device, first_rollout: int, count: int):
         num_rollouts = -(-count // (self.steps_per_refresh * self.grad_accum))
@@ -185,15 +203,17 @@ class Experience:
         self.policy.train()
         old_logps, ref_logps, old_values = torch.cat(old), torch.cat(ref), torch.cat(values).float() * mask
 
-        # scores: the RM on the texts, normalised on the first rollout (the initial policy's samples)
+        # scores: the RM on the texts, normalised on the first rollout (the initial policy's samples, on
+        # every process: each process's share of a rollout batch is normalised alike)
         raw = self.scorer(prompts, samples.texts, device)  # (N,)
         if self.loss_fn.normalize_scores and self.score_mean is None:
-            self.score_mean, self.score_std = raw.mean().item(), raw.std().clamp(min=1e-6).item()
+            first = self.all_rows(raw)  # (N x processes,)
+            self.score_mean, self.score_std = first.mean().item(), first.std().clamp(min=1e-6).item()
         scores = (raw - self.score_mean) / self.score_std if self.loss_fn.normalize_scores else raw
         ended = torch.tensor(samples.ended, device=device)
         kl_coef = self.kl_controller.value
         rewards, kl = self.loss_fn.shape_rewards(scores, ended, old_logps, ref_logps, mask, kl_coef)
-        advantages, returns = self.loss_fn.advantages(rewards, old_values, mask)
+        advantages, returns = self.loss_fn.advantages(rewards, old_values, mask, self.over_processes)
 
         seq_kl = (old_logps - ref_logps).mul(mask).sum(1)  # (N,) k1 per sequence, TRL's objective/kl
         metrics = {
@@ -210,7 +230,8 @@ class Experience:
         }
         if self.gold_fn is not None:
             metrics["objective/gold"] = sum(self.gold_fn(samples.texts)) / len(prompts)
-        self.kl_controller.update(metrics["objective/kl"], len(prompts))
+        batch_kl = self.all_rows(seq_kl)  # the controller's input: the whole rollout batch's KL
+        self.kl_controller.update(batch_kl.mean().item(), len(batch_kl))
         rollout = {**seqs, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask, "old_values": old_values,
                    "advantages": advantages, "returns": returns}
         return rollout, metrics

@@ -27,7 +27,7 @@ from zoo.losses.base import Loss
 from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
 from zoo.models import model_tokenizer
 from zoo.refcache import ReferenceCache, reference_setting
-from zoo.stages import prepare
+from zoo.stages import prepare_in_processes
 from zoo.trainer import fit, is_main_process
 
 
@@ -72,7 +72,7 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
     task = instantiate(cfg.data.metrics) if cfg.data.metrics is not None else None  # gold reward, fluency, judge
 
     # --- stages the algorithm declares, and its data ---
-    stages = prepare(cfg, cfg.algo.stages)
+    stages = prepare_in_processes(cfg, cfg.algo.stages)  # several processes: built once per machine
     reference_path = str(stages.reference.path)
     # a reference of its own (TRL's ref_model=) leaves the policy where model.name_or_path puts it
     starts_from_reference = cfg.algo.init == "reference" and not cfg.model.reference_path

@@ -28,11 +28,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import multiprocessing
+import os
+import queue
 import shutil
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -48,7 +52,7 @@ from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
 from zoo.rollout import SAMPLING_VERSION, sample
-from zoo.trainer import DatasetBatches, fit
+from zoo.trainer import DatasetBatches, fit, process_state
 
 STAGE_NAMES = ("reference", "samples", "labels", "reward_model")
 
@@ -202,6 +206,65 @@ def prepare(cfg: DictConfig, needs: Iterable[str], unlabelled: Path | None = Non
         else:
             reward_model = reward_stage(cfg, reference.path, labels.path)
     return Prepared(reference, samples, labels, reward_model)
+
+
+# the environment that makes a process one of several (torchrun's, and accelerate launch's choice of engine)
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP",
+                "ACCELERATE_USE_DEEPSPEED")
+STAGE_WAIT = timedelta(hours=48)  # how long the other processes wait for a machine's stages to be built
+
+
+def prepare_in_processes(cfg: DictConfig, needs: Iterable[str]) -> Prepared:
+    """:func:`prepare` in each process of a run of several (torchrun, accelerate launch); ``prepare`` itself
+    in a run of one.
+
+    A stage's builder trains with ``fit`` (the SFT reference, the reward model); inside one of several
+    processes that ``fit`` would join the run's process group and wait forever for collectives the other
+    processes never call. So the first process on each machine builds the missing stages in a child process
+    of its own (a plain single-process run: the launcher's environment removed), the others wait for it,
+    and then every process finds the stages in the cache. The wait is a barrier on a gloo group of its own,
+    with a timeout of days rather than the run's (30 minutes by default): building a stage can take longer.
+    A failed build fails every process, with the builder's error.
+    """
+    state = process_state()
+    if state.num_processes == 1:
+        return prepare(cfg, needs)
+    error = _prepare_in_child(cfg, list(needs)) if state.is_local_main_process else None
+    waiting = torch.distributed.new_group(backend="gloo", timeout=STAGE_WAIT)
+    errors = [None] * state.num_processes
+    torch.distributed.all_gather_object(errors, error, group=waiting)  # also the barrier
+    failed = [e for e in errors if e]
+    if failed:
+        raise RuntimeError(f"building the run's stages failed: {failed[0]}")
+    return prepare(cfg, needs)
+
+
+def _prepare_in_child(cfg: DictConfig, needs: list[str]) -> str | None:
+    """``prepare(cfg, needs)`` in a spawned process without the launcher's environment; its error, or None."""
+    context = multiprocessing.get_context("spawn")  # not fork: a forked torch thread pool can deadlock
+    errors = context.Queue()
+    child = context.Process(target=_prepare_child, args=(OmegaConf.to_container(cfg, resolve=True), needs, errors))
+    saved = {name: os.environ.pop(name) for name in LAUNCHER_ENV if name in os.environ}
+    try:
+        child.start()  # a spawned child takes the environment as it is now
+    finally:
+        os.environ.update(saved)
+    child.join()
+    if child.exitcode == 0:
+        return None
+    try:
+        return errors.get(timeout=5)
+    except queue.Empty:  # killed before it could say why
+        return f"the stage builder exited with code {child.exitcode}"
+
+
+def _prepare_child(cfg: dict, needs: list[str], errors) -> None:
+    try:
+        prepare(OmegaConf.create(cfg), needs)
+    except BaseException as err:  # reported to the run's processes, which fail with it
+        errors.put(f"{type(err).__name__}: {err}")
+        raise
 
 
 def _reference(cfg: DictConfig) -> Stage:

@@ -94,14 +94,19 @@ def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Each metric's mean over all its values on all processes. Processes may report different keys or
-    numbers of values (KTO's chosen metrics exist only where a batch has desirable rows), so (sum, count)
-    pairs are gathered as objects and merged, rather than tensors of matching shapes."""
+def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor], source_metrics: dict[str, float]
+                    ) -> dict[str, float]:
+    """Each metric's mean over all its values on all processes: the loss's ``metrics`` (tensors, each value
+    counted) and the batch source's per-batch ``source_metrics`` (floats, one value per process: a rollout's
+    means over rows that every process has as many of). Processes may report different keys or numbers of
+    values (KTO's chosen metrics exist only where a batch has desirable rows, online DPO's label noise only
+    where gold does not tie every pair), so (sum, count) pairs are gathered as objects and merged, rather than
+    tensors of matching shapes."""
     local = {}
     for name, value in metrics.items():
         flat = value.detach().float().reshape(-1)
         local[name] = (flat.sum().item(), flat.numel())
+    local.update((name, (value, 1)) for name, value in source_metrics.items())
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
     sums, counts = defaultdict(float), defaultdict(int)
     for part in parts:
@@ -129,10 +134,15 @@ def _on_cpu() -> bool:
     return not torch.accelerator.is_available()
 
 
+def process_state() -> PartialState:
+    """This process's place among the run's processes (one, or several under torchrun / accelerate launch): the
+    same process state ``fit``'s Accelerator joins."""
+    return PartialState(cpu=_on_cpu())
+
+
 def is_main_process() -> bool:
-    """Whether this process writes a run's files (the only one, or rank 0 of several); the same process state
-    ``fit``'s Accelerator joins."""
-    return PartialState(cpu=_on_cpu()).is_main_process
+    """Whether this process writes a run's files (the only one, or rank 0 of several)."""
+    return process_state().is_main_process
 
 
 def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, reference: Reference | None, seed: int
@@ -228,7 +238,7 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
                 window_tokens: torch.Tensor | None, micro: int, step: int,
                 reference_cache: ReferenceCache | None = None) -> dict[str, float]:
     """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
-    window, the clipped update; returns the micro-batch's metrics, gathered over processes."""
+    window, the clipped update; returns the micro-batch's metrics and its source's, gathered over processes."""
     forward = MODEL_KINDS[loss_fn.model_output].forward
     if loss_fn.needs_all_token_logps:
         forward = functools.partial(forward, all_tokens=True)
@@ -247,7 +257,7 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
         t.optimizer.step()  # accelerate makes these no-ops inside a window
         t.scheduler.step()
         t.optimizer.zero_grad()
-    return {**_gathered_means(t.accelerator, {"loss": loss.detach(), **out.metrics}), **batch.get("metrics", {})}
+    return _gathered_means(t.accelerator, {"loss": loss.detach(), **out.metrics}, batch.get("metrics", {}))
 
 
 def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: TrainerConfig, run_dir: str | Path,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -311,8 +312,13 @@ class LMJudge:
                 new.append({"key": keys[i], "value": value})
         if new and self.cache_file is not None:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache_file.open("a") as f:
-                f.writelines(json.dumps(entry) + "\n" for entry in new)
+            # one write to a file opened for appending: the processes of a run (or of a sweep) that share the
+            # file add whole batches of lines, never interleaved pieces of them
+            fd = os.open(self.cache_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, "".join(json.dumps(entry) + "\n" for entry in new).encode())
+            finally:
+                os.close(fd)
         return [self.cache[k] for k in keys]
 
     def _answer_logits(self, texts: list[str], token_ids: list[int]) -> torch.Tensor:

@@ -33,6 +33,7 @@ https://arxiv.org/abs/2403.17031) and where each one lives:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,15 +108,17 @@ class PPOLoss(Loss):
         return rewards, kl
 
     @torch.no_grad()
-    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                   over_processes: Callable[[torch.Tensor], torch.Tensor] = ppo_math.local
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE advantages (whitened if asked) and returns, both (B, T); rewards whitened first if asked
-        (scale only, TRL's ``shift_mean=False``)."""
+        (scale only, TRL's ``shift_mean=False``). ``over_processes`` sums over the processes holding the
+        rest of the rollout batch, whose statistics the whitening takes (``ppo_math.masked_whiten``)."""
         if self.whiten_rewards:
-            rewards = ppo_math.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = ppo_math.masked_whiten(rewards, mask, shift_mean=False, over_processes=over_processes)
         advantages, returns = ppo_math.gae(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
-            advantages = ppo_math.masked_whiten(advantages, mask)
+            advantages = ppo_math.masked_whiten(advantages, mask, over_processes=over_processes)
         return advantages, returns
 
     # --- the minibatch loss (with grad) ---

@@ -14,6 +14,8 @@ response-only tensors); the last valid token is the row's last 1. Outputs are ze
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 # Huang et al. 2024 and TRL whiten with rsqrt(var + 1e-8).
@@ -51,15 +53,29 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def local(total: torch.Tensor) -> torch.Tensor:
+    """A sum over the processes of a run of one: the sum itself."""
+    return total
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  over_processes: Callable[[torch.Tensor], torch.Tensor] = local) -> torch.Tensor:
     """Whiten over valid entries: (x - mean) / sqrt(var + 1e-8), zero outside the mask.
 
     Mean and (unbiased) variance are computed over the valid entries only, as TRL's
     ``masked_whiten``. With ``shift_mean=False`` the mean is added back, so only the scale is
     normalised (TRL does this for rewards; advantages use ``shift_mean=True``).
     Choice: padded entries are set to 0 (TRL leaves them at whatever the formula gives).
+
+    ``over_processes`` sums a tensor over the processes that share the batch (each holding its rows of it),
+    so that mean and variance are the whole batch's, as on one process (TRL whitens each process's rows
+    alone); the identity on one process, where these are ``masked_mean`` and ``masked_var``'s operations.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    n = over_processes(mask.sum())
+    if n < 2:
+        raise ValueError(f"masked_whiten needs at least 2 valid entries, got {int(n)}")
+    mean = over_processes((x * mask).sum()) / n
+    var = over_processes(((x - mean) ** 2 * mask).sum()) / n * n / (n - 1)  # unbiased (Bessel's correction)
     whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
     if not shift_mean:
         whitened = whitened + mean
