@@ -3,20 +3,29 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
-def zoo_command(*args, cache, processes=1) -> tuple[list[str], dict]:
-    """The argv and environment of ``zoo ARGS`` with ``ZOO_CACHE=cache``, as ``processes`` torchrun processes
-    when more than one."""
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "zoo" / "conf" / "accelerate"
+
+
+def zoo_command(*args, cache, processes=1, accelerate_config=None) -> tuple[list[str], dict]:
+    """The argv and environment of ``zoo ARGS`` with ``ZOO_CACHE=cache``: as ``processes`` torchrun processes when
+    more than one, or through ``accelerate launch`` with a shipped config (``conf/accelerate/NAME.yaml``)."""
     env = {**os.environ, "ZOO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 \
-        else []
+    if accelerate_config:
+        launcher = ["-m", "accelerate.commands.launch", "--config_file",
+                    str(ACCELERATE_CONFIGS / f"{accelerate_config}.yaml"), "--num_processes", str(processes)]
+    elif processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    else:
+        launcher = []
     return [sys.executable, *launcher, "-m", "zoo.cli", *args], env
 
 
-def zoo(*args, cache, check=True, processes=1):
+def zoo(*args, cache, check=True, processes=1, accelerate_config=None):
     """``zoo ARGS`` (see ``zoo_command``), finished; raises with its output if it fails and ``check``."""
-    argv, env = zoo_command(*args, cache=cache, processes=processes)
+    argv, env = zoo_command(*args, cache=cache, processes=processes, accelerate_config=accelerate_config)
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import GradientAccumulationPlugin, gather_object
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, gather_object
 from tqdm.auto import tqdm
 
 from zoo.builders import MODEL_KINDS
@@ -153,6 +154,7 @@ def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, r
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
     accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
                               cpu=_on_cpu())
+    _check_engine(accelerator)
     torch.manual_seed(seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _adamw(params, cfg)
@@ -167,6 +169,26 @@ def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, r
     if hasattr(source, "state_dict"):
         accelerator.register_for_checkpointing(source)
     return _Training(accelerator, policy, optimizer, scheduler, params)
+
+
+def _check_engine(accelerator: Accelerator) -> None:
+    """Say what the launch config asked for and did not get, and refuse engines that shard the parameters.
+
+    accelerate runs FSDP and DeepSpeed on GPUs only: on CPU processes it quietly trains plain data-parallel.
+    Parameter sharding (FSDP, ZeRO-3) is refused: the main process alone evaluates and saves the policy, and
+    the online sources sample on each process on their own, all of which need every parameter in every
+    process (ZeRO-2 keeps them whole)."""
+    asked = [engine for engine, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(flag, "false").lower() == "true"]
+    engine = accelerator.distributed_type
+    if asked and engine not in (DistributedType.FSDP, DistributedType.DEEPSPEED) and accelerator.is_main_process:
+        print(f"[zoo] warning: the launch config asks for {asked[0]}, which accelerate runs on GPUs only; these "
+              f"{accelerator.num_processes} CPU process(es) train data-parallel (DDP) instead")
+    stage = accelerator.state.deepspeed_plugin.zero_stage if engine == DistributedType.DEEPSPEED else None
+    if engine == DistributedType.FSDP or stage == 3:
+        raise ValueError(f"{'FSDP' if stage is None else 'DeepSpeed ZeRO-3'} shards the parameters across processes, "
+                         f"and zoo evaluates, saves and samples with whole ones on each process: launch with "
+                         f"conf/accelerate/ddp.yaml or zero2.yaml (see docs/scaling.md)")
 
 
 def _adamw(params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
