@@ -45,6 +45,7 @@ from zoo.config import portable
 from zoo.data.load import read_rows
 from zoo.evaluate import completion_logps, distinct_n, normal_ci_over_prompts, repeated_ngram_rate
 from zoo.data.prompts import prompts_file
+from zoo.files import write_atomically
 from zoo.models import load_causal_lm, model_tokenizer
 from zoo.rollout import sample
 from zoo.stages import prepare
@@ -210,12 +211,11 @@ def run_best_of_n(cfg, out_dir: Path, ns: list[int], num_prompts: int, pool_size
                                         for name, values in others.items()}
         run_dir = out_dir / (reference_name if n == 1 else f"best_of_{n}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        with open(run_dir / "samples.jsonl", "w") as f:
-            for i, prompt in enumerate(prompts):
-                f.write(json.dumps({"prompt": prompt, "completion": shown[i], "ref_completion": texts[i][0],
-                                    "gold_reward": gold[i, best_of_first_n[i]].item(),
-                                    "ref_gold_reward": gold[i, 0].item()}) + "\n")
+        write_atomically(run_dir / "samples.jsonl", "".join(
+            json.dumps({"prompt": prompt, "completion": shown[i], "ref_completion": texts[i][0],
+                        "gold_reward": gold[i, best_of_first_n[i]].item(), "ref_gold_reward": gold[i, 0].item()}) + "\n"
+            for i, prompt in enumerate(prompts)))
+        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))  # last: the row is complete
         written.append(metrics)
     return written
 

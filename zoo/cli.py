@@ -58,13 +58,16 @@ def _train_main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
     def task(cfg) -> float | None:
-        from zoo.run import train
+        from zoo.run import RunDirTaken, train
 
         _quiet_libraries()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         shown = portable(run_dir)  # relative to the working directory when inside it
         try:
             metrics = train(cfg, run_dir)
+        except RunDirTaken as err:  # refused before anything was written: the finished run's files stand
+            print(_error(f"{err}"), file=sys.stderr)
+            raise SystemExit(1) from None
         except Exception as err:  # noqa: BLE001 - reported below, with the full traceback in metrics.json
             print(_error(f"{type(err).__name__}: {err} (run dir: {shown}; traceback in metrics.json)"),
                   file=sys.stderr)

@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from zoo.config import portable
+from zoo.files import write_atomically
 
 POLL_SECONDS = 2.0
 # built once per feedback source before the runs, so parallel runs find them ready instead of queueing on the
@@ -342,7 +343,7 @@ def main(argv: list[str]) -> int:
     record = {"command": "zoo compare " + shlex.join(overrides), **git_commit(), "machine": machine(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "overrides": list(plan.overrides), "sweeps": sweeps,
               "seeds": seeds, "phases": phases}
-    (out / "compare.json").write_text(json.dumps(record, indent=2))
+    write_atomically(out / "compare.json", json.dumps(record, indent=2))
 
     # 1. the shared stages, once per feedback source; 2. best-of-N (and the reference's own row, N = 1).
     # Best-of-N reads the first source's reward model only, so with two or more cores the other sources'
@@ -406,7 +407,7 @@ def main(argv: list[str]) -> int:
     phase = time.perf_counter()
     paths = write_report([*best_of_n, *trained], out, skipped, provenance=record)
     record["report_seconds"] = time.perf_counter() - phase
-    (out / "compare.json").write_text(json.dumps(record, indent=2))
+    write_atomically(out / "compare.json", json.dumps(record, indent=2))
     print(markdown_table(aggregate([*best_of_n, *trained])))
     print()
     for message in skipped:

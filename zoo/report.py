@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -24,6 +25,8 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from zoo.files import write_atomically
 
 REPORT_METRICS = ("gold_reward", "kl_to_ref", "win_rate_vs_ref", "judge_win_rate_vs_ref", "mean_length",
                   "distinct_2", "fluency", "nll_under_ref", "repeated_3grams", "train_seconds", "peak_memory_mb",
@@ -271,10 +274,11 @@ def csv_row(row: dict, metrics: Sequence[str] = REPORT_METRICS) -> dict:
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     """results.csv; floats are written with repr, so they read back exactly."""
     metrics = row_metrics(rows)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(metrics))
-        writer.writeheader()
-        writer.writerows(csv_row(row, metrics) for row in rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=csv_columns(metrics))
+    writer.writeheader()
+    writer.writerows(csv_row(row, metrics) for row in rows)
+    write_atomically(path, text.getvalue())
 
 
 def format_cell(stats: dict | None, decimals: int, n_seeds: int) -> str:
@@ -419,7 +423,7 @@ def write_report(runs: Sequence[dict], out_dir: str | Path, skipped: Sequence[st
     write_csv(rows, out_dir / "results.csv")
     figure_errors: dict[str, str] = {}
     figures = write_figures(runs, rows, out_dir, figure_errors)
-    (out_dir / "report.md").write_text(markdown_report(runs, rows, figures, skipped, provenance, figure_errors))
+    write_atomically(out_dir / "report.md", markdown_report(runs, rows, figures, skipped, provenance, figure_errors))
     return [out_dir / "results.csv", out_dir / "report.md", *figures]
 
 

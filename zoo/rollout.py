@@ -20,6 +20,7 @@ from zoo.data.batches import StepBatches, process_seed
 from zoo.data.collate import DemonstrationCollator
 from zoo.data.tokenize import tokenize_prompt
 from zoo.feedback.base import Scorer
+from zoo.files import kill_point
 from zoo.losses.ppo_math import explained_variance
 from zoo.models import sequence_logps
 
@@ -205,6 +206,7 @@ class Experience:
 
         # scores: the RM on the texts, normalised on the first rollout (the initial policy's samples, on
         # every process: each process's share of a rollout batch is normalised alike)
+        kill_point("rollout")  # sampled, not yet scored
         raw = self.scorer(prompts, samples.texts, device)  # (N,)
         if self.loss_fn.normalize_scores and self.score_mean is None:
             first = self.all_rows(raw)  # (N x processes,)

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,6 +24,7 @@ from zoo.data.batches import DatasetBatches
 from zoo.data.collate import BATCH_KINDS
 from zoo.data.load import tokenize_rows
 from zoo.data.split import resolve_data
+from zoo.files import write_atomically
 from zoo.losses.base import Loss
 from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
 from zoo.models import model_tokenizer
@@ -34,9 +36,13 @@ from zoo.trainer import fit, is_main_process
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run ``cfg`` in ``run_dir``; returns the metrics written to metrics.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished = finished_run(cfg, run_dir)
+    if finished is not None:  # a rerun (of a sweep, of zoo compare) keeps what is done
+        print(f"[zoo] {portable(run_dir)} holds this run, finished: kept")
+        return finished
     main = is_main_process()  # of several processes (torchrun), only the first writes the run's files
     if main:
-        (run_dir / "config.yaml").write_text(portable_config(cfg))
+        write_atomically(run_dir / "config.yaml", portable_config(cfg))
     metrics: dict = {"algo": cfg.algo.name, "feedback": cfg.feedback.name, "model": cfg.model.name,
                      "data": cfg.data.name, "seed": cfg.seed, "tag": cfg.tag, "status": "running"}
     try:
@@ -48,7 +54,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     finally:
         if main:
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2), kill_name="metrics")
+
+
+class RunDirTaken(ValueError):
+    """A run directory that holds a finished run of another config."""
+
+
+def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The metrics of the finished run of ``cfg`` in ``run_dir``, or None when it holds none (nothing yet, a
+    run that failed or was killed: those resume from their last checkpoint). A finished run of another config
+    is refused: its results would be mistaken for this one's. Where the stage cache lives is not part of a
+    run's identity."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "finished":
+        return None
+
+    def identity(config: dict) -> dict:
+        config.get("stages", {}).pop("cache_dir", None)
+        return config
+
+    current = identity(yaml.safe_load(portable_config(cfg)))
+    try:
+        recorded = identity(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    if recorded != current:
+        changed = sorted(k for k in set(current) | set(recorded or {}) if (recorded or {}).get(k) != current.get(k))
+        raise RunDirTaken(f"{portable(run_dir)} holds a finished run of another config (differing: "
+                         f"{', '.join(changed) or 'config.yaml unreadable'}); give this run a directory of its own")
+    return metrics
 
 
 def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
@@ -133,6 +171,5 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
         policy.eval()
         eval_metrics, samples = kind.evaluate(cfg, policy, built.reference, tokenizer, data.eval_items, task)
         out.update(eval_metrics)
-        with open(run_dir / "samples.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in samples)
+        write_atomically(run_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in samples))
     return out

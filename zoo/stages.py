@@ -48,6 +48,7 @@ from zoo.data.load import load_rows, read_rows, tokenize_rows
 from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
+from zoo.files import kill_point
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
@@ -153,6 +154,7 @@ def cached_stage(cache_dir: str, name: str, key: str, build, output: str) -> Sta
             build_started = time.perf_counter()
             info = build(tmp) or {}
             info.update(stage=name, key=key, build_seconds=round(time.perf_counter() - build_started, 2))
+            kill_point("stage")  # built, not yet in place
             (tmp / "stage.json").write_text(json.dumps(info, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

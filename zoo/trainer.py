@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from zoo.builders import MODEL_KINDS
 from zoo.config import TrainerConfig
 from zoo.data.batches import BatchSource, DatasetBatches, StepBatches  # noqa: F401 - fit's sources, for its callers
+from zoo.files import append_lines, kill_point
 from zoo.losses.base import Loss
 from zoo.models import Reference
 from zoo.refcache import ReferenceCache
@@ -323,8 +324,7 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
             window = []
             bar.set_postfix(loss=f"{last_log['loss']:.4f}")
             if t.accelerator.is_main_process:
-                with (run_dir / "log.jsonl").open("a") as f:
-                    f.write(json.dumps(last_log) + "\n")
+                append_lines(run_dir / "log.jsonl", [json.dumps(last_log)], kill_name="log")
         if save_every and step % save_every == 0 and step < cfg.max_steps:
             save_checkpoint(t.accelerator, run_dir, step)
     bar.close()
@@ -339,6 +339,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
     tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        kill_point("checkpoint")  # the state saved, not yet marked complete nor renamed into place
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         if final.exists():
             shutil.rmtree(final)

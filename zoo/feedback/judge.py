@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 
 from zoo.feedback.base import Labels
+from zoo.files import append_lines, read_jsonl
 from zoo.models import last_logits
 
 DEFAULT_PRINCIPLE = "Which continuation of the movie review is more positive?"
@@ -212,10 +212,17 @@ class LMJudge:
             self.answer_ids = [self._first_token(word if self.chat else " " + word) for word in self.answers]
         self.cache: dict[str, float] = {}
         self.cache_file = Path(cache_dir) / "judge_cache.jsonl" if cache_dir else None
+        self.torn_cache_lines = 0  # lines of the cache file a kill left half-written: skipped, counted
         if self.cache_file is not None and self.cache_file.exists():
-            for line in self.cache_file.read_text().splitlines():
-                entry = json.loads(line)
-                self.cache[entry["key"]] = entry["value"] if "value" in entry else entry["p_a"]  # "p_a": older files
+            entries, self.torn_cache_lines = read_jsonl(self.cache_file)
+            for entry in entries:
+                if "key" in entry and ("value" in entry or "p_a" in entry):
+                    self.cache[entry["key"]] = entry["value"] if "value" in entry else entry["p_a"]  # "p_a": older
+                else:
+                    self.torn_cache_lines += 1
+            if self.torn_cache_lines:
+                print(f"[zoo] judge cache {self.cache_file}: skipped {self.torn_cache_lines} unreadable line(s) "
+                      f"(a write cut short); their judgements are made again")
         self.hits = self.misses = 0
 
     def _single_token(self, text: str) -> int:
@@ -314,11 +321,7 @@ class LMJudge:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             # one write to a file opened for appending: the processes of a run (or of a sweep) that share the
             # file add whole batches of lines, never interleaved pieces of them
-            fd = os.open(self.cache_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, "".join(json.dumps(entry) + "\n" for entry in new).encode())
-            finally:
-                os.close(fd)
+            append_lines(self.cache_file, [json.dumps(entry) for entry in new], kill_name="judge-cache")
         return [self.cache[k] for k in keys]
 
     def _answer_logits(self, texts: list[str], token_ids: list[int]) -> torch.Tensor:
