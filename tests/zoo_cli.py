@@ -23,10 +23,12 @@ def zoo_command(*args, cache, processes=1, accelerate_config=None) -> tuple[list
     return [sys.executable, *launcher, "-m", "zoo.cli", *args], env
 
 
-def zoo(*args, cache, check=True, processes=1, accelerate_config=None):
-    """``zoo ARGS`` (see ``zoo_command``), finished; raises with its output if it fails and ``check``."""
-    argv, env = zoo_command(*args, cache=cache, processes=processes, accelerate_config=accelerate_config)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+def zoo(*args, cache, check=True, processes=1, accelerate_config=None, env=None):
+    """``zoo ARGS`` (see ``zoo_command``; ``env``: more environment variables), finished; raises with its
+    output if it fails and ``check``."""
+    argv, base = zoo_command(*args, cache=cache, processes=processes, accelerate_config=accelerate_config)
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**base, **(env or {})}, timeout=600,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                              f"{proc.stderr[-3000:]}")

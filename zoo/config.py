@@ -147,6 +147,10 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10  # write a log.jsonl line every N steps (and at step 1)
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept, older ones deleted
+    # a non-finite loss, gradient norm, or PPO reward / advantage / value: "stop" ends the run (status failed,
+    # its last good checkpoint kept); "skip" drops the batch without an update and counts it
+    on_nonfinite: str = "stop"
     mixed_precision: str = "no"  # accelerate: no | bf16 | fp16
     cpu_threads: int | None = None  # torch.set_num_threads; null leaves torch's default
     # offline losses: the reference's log-probs of each batch cached on disk (stages.cache_dir) and reused by

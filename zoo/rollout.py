@@ -236,10 +236,17 @@ class Experience:
         self.kl_controller.update(batch_kl.mean().item(), len(batch_kl))
         rollout = {**seqs, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask, "old_values": old_values,
                    "advantages": advantages, "returns": returns}
+        # a non-finite RM score, value or advantage marks every minibatch of the rollout: fit stops the run or
+        # drops them (trainer.on_nonfinite), naming the quantity
+        for quantity, values in (("reward", raw), ("value", old_values), ("advantage", advantages)):
+            if not torch.isfinite(values).all():
+                rollout["nonfinite"] = quantity
+                break
         return rollout, metrics
 
     def minibatches(self, rollout: dict, index: int, kl_coef: float):
         """``ppo_epochs`` seeded shuffles of the rollout, cut into micro-batches of ``batch_size`` rows."""
+        nonfinite = rollout.pop("nonfinite", None)
         n = rollout["input_ids"].shape[0]
         for epoch in range(self.settings.ppo_epochs):
             order = list(range(n))
@@ -250,4 +257,5 @@ class Experience:
                 width = int(micro["attention_mask"].sum(1).max())  # trim padding shared by the whole micro-batch
                 micro = {k: v[:, :width] if k in ("input_ids", "attention_mask", "completion_mask")
                          else v[:, :width - 1] for k, v in micro.items()}
-                yield {**micro, "temperature": self.settings.temperature, "kl_coef": kl_coef}
+                yield {**micro, "temperature": self.settings.temperature, "kl_coef": kl_coef,
+                       **({"nonfinite": nonfinite} if nonfinite else {})}

@@ -161,7 +161,7 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
         "train_rows": len(tokens), "skipped_rows": data.skipped + too_long,
         "data_source": portable(data.source, cache), "eval_source": data.eval_source,
         "reference": portable(reference_path, cache), "policy_init": portable(init_path, cache),
-        "final_log": result.last_log, "warnings": warnings,
+        "final_log": result.last_log, "warnings": warnings, "nonfinite_skipped_steps": result.nonfinite_skipped,
         **({"reference_cache": reference_cache.stats()} if reference_cache is not None else {}),
         **(stages.labels.feedback_metrics() if stages.labels else {}), **built.info,
     }

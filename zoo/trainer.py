@@ -58,6 +58,7 @@ class FitResult:
     train_seconds: float
     examples_seen: int
     last_log: dict
+    nonfinite_skipped: int = 0  # optimizer steps dropped for a non-finite quantity (trainer.on_nonfinite=skip)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -257,11 +258,41 @@ def _reference_output(t: _Training, forward, batch: dict, reference: Reference, 
     return out
 
 
+NONFINITE = ("loss", "reward", "advantage", "value")  # what a micro-step can find non-finite (and the gradient norm)
+
+
+def _agreed(accelerator: Accelerator, quantity: str | None) -> str | None:
+    """The non-finite quantity any process found (the same answer on every process: all skip or all stop, none
+    waits in a collective the others left), or None."""
+    if accelerator.num_processes == 1:
+        return quantity
+    code = torch.tensor(NONFINITE.index(quantity) + 1 if quantity else 0, device=accelerator.device)
+    code = int(accelerator.reduce(code, reduction="max"))
+    return NONFINITE[code - 1] if code else None
+
+
+def _injected_nan(loss: torch.Tensor, step: int, process: int) -> torch.Tensor:
+    """``ZOO_NAN_AT=loss:STEP[:PROCESS]``: the loss of that step (counted from 1) made NaN, on that process only
+    (every process when none is named): the non-finite tests' injection; nothing without the variable."""
+    spec = os.environ.get("ZOO_NAN_AT", "")
+    if not spec:
+        return loss
+    name, at, *only = spec.split(":")
+    hit = name == "loss" and int(at) == step + 1 and (not only or int(only[0]) == process)
+    return loss * float("nan") if hit else loss
+
+
 def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference | None, cfg: TrainerConfig,
-                window_tokens: torch.Tensor | None, micro: int, step: int,
-                reference_cache: ReferenceCache | None = None) -> dict[str, float]:
+                window_tokens: torch.Tensor | None, micro: int, step: int, window: dict,
+                reference_cache: ReferenceCache | None = None) -> dict[str, float] | None:
     """Forward (the policy with grad, the reference without), the loss, backward and, at the end of a
-    window, the clipped update; returns the micro-batch's metrics and its source's, gathered over processes."""
+    window, the clipped update; returns the micro-batch's metrics and its source's, gathered over processes.
+
+    A non-finite loss, gradient norm, or a source's non-finite reward / advantage / value (``batch["nonfinite"]``)
+    stops the run (``trainer.on_nonfinite=stop``) or, with ``skip``, drops the whole window: no update, no
+    scheduler step, ``window["skipped"]`` names the quantity and the metrics are None. Every process takes
+    the same decision and still runs its backward (of a zeroed loss), so DDP's gradient exchange never waits
+    for a process that left it."""
     forward = MODEL_KINDS[loss_fn.model_output].forward
     if loss_fn.needs_all_token_logps:
         forward = functools.partial(forward, all_tokens=True)
@@ -272,15 +303,37 @@ def _micro_step(t: _Training, loss_fn: Loss, batch: dict, reference: Reference |
             reference_out = _reference_output(t, forward, batch, reference, reference_cache)
         out = loss_fn(policy_out, reference_out)
         loss = out.objective(window_tokens, micro)  # this micro-batch's share of the window's objective
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower trainer.learning_rate")
-        t.accelerator.backward(loss)
-        if t.accelerator.sync_gradients and cfg.max_grad_norm:
-            t.accelerator.clip_grad_norm_(t.params, cfg.max_grad_norm)
+        loss = _injected_nan(loss, step, t.accelerator.process_index)
+        found = batch.get("nonfinite") or (None if torch.isfinite(loss) else "loss")
+        found = _agreed(t.accelerator, found)
+        if found:
+            _nonfinite(cfg, found, step, loss.item() if found == "loss" else None)
+            window["skipped"] = window.get("skipped") or found
+        t.accelerator.backward(loss * 0.0 if window.get("skipped") else loss)  # zeroed: the window is dropped
+        if t.accelerator.sync_gradients:
+            norm = t.accelerator.clip_grad_norm_(t.params, cfg.max_grad_norm or float("inf"))
+            if not window.get("skipped") and norm is not None and not torch.isfinite(norm):
+                _nonfinite(cfg, "gradient norm", step, norm.item())
+                window["skipped"] = "gradient norm"
+            if window.get("skipped"):
+                t.optimizer.zero_grad()  # the window's gradients are dropped: no update, no schedule step
+                return None
         t.optimizer.step()  # accelerate makes these no-ops inside a window
         t.scheduler.step()
         t.optimizer.zero_grad()
+    if window.get("skipped"):
+        return None
     return _gathered_means(t.accelerator, {"loss": loss.detach(), **out.metrics}, batch.get("metrics", {}))
+
+
+def _nonfinite(cfg: TrainerConfig, quantity: str, step: int, value: float | None) -> None:
+    """Stop the run on a non-finite ``quantity`` at ``step`` (0-based), unless ``trainer.on_nonfinite=skip``."""
+    if cfg.on_nonfinite == "skip":
+        return
+    shown = f" ({value})" if value is not None else ""
+    raise FloatingPointError(f"non-finite {quantity}{shown} at step {step + 1}; the run stops with its last "
+                             f"checkpoint kept (trainer.on_nonfinite=skip drops such batches instead; a lower "
+                             f"trainer.learning_rate may avoid them)")
 
 
 def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: TrainerConfig, run_dir: str | Path,
@@ -303,7 +356,12 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
     refresh = source.steps_per_refresh  # checkpoints fall on multiples of it (1 for datasets)
     save_every = -(-cfg.save_every // refresh) * refresh if cfg.save_every else 0
 
+    if cfg.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"trainer.on_nonfinite must be 'stop' or 'skip', got {cfg.on_nonfinite!r}")
+    if cfg.keep_checkpoints < 1:
+        raise ValueError(f"trainer.keep_checkpoints must be >= 1 (a resumed run needs one), got {cfg.keep_checkpoints}")
     window: list[dict[str, float]] = []
+    skipped, skipped_since_log = 0, 0  # optimizer steps dropped for a non-finite quantity
     last_log: dict = {}
     step, started = start_step, time.perf_counter()
     t.policy.train()
@@ -311,31 +369,70 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
                dynamic_ncols=True)
     for micro_batches in _windows(loader, cfg.grad_accum_steps):
         window_tokens = _window_tokens(t.accelerator, loss_fn, micro_batches)
-        window += [_micro_step(t, loss_fn, batch, reference, cfg, window_tokens, micro, step, reference_cache)
+        state: dict = {}  # "skipped": the non-finite quantity that dropped this window
+        metrics = [_micro_step(t, loss_fn, batch, reference, cfg, window_tokens, micro, step, state, reference_cache)
                    for batch in micro_batches]
         if not t.accelerator.sync_gradients:
             raise RuntimeError(f"an accumulation window of {len(micro_batches)} micro-batches ended without an "
                                f"optimizer step (trainer.grad_accum_steps={cfg.grad_accum_steps})")
+        if state.get("skipped"):
+            skipped, skipped_since_log = skipped + 1, skipped_since_log + 1
+            if t.accelerator.is_main_process:
+                print(f"[zoo] warning: step {step + 1} skipped: non-finite {state['skipped']}", flush=True)
+        else:
+            window += metrics
         step += 1
         bar.update(1)
         if step == 1 or step % cfg.log_every == 0 or step == cfg.max_steps:  # step 1, every log_every, the last
             last_log = {"step": step, **_mean_metrics(window), "lr": t.scheduler.get_last_lr()[0],
                         "elapsed_s": round(time.perf_counter() - started, 3)}
-            window = []
-            bar.set_postfix(loss=f"{last_log['loss']:.4f}")
+            if skipped_since_log:
+                last_log["nonfinite_skipped"] = skipped_since_log
+            window, skipped_since_log = [], 0
+            if "loss" in last_log:
+                bar.set_postfix(loss=f"{last_log['loss']:.4f}")
             if t.accelerator.is_main_process:
                 append_lines(run_dir / "log.jsonl", [json.dumps(last_log)], kill_name="log")
         if save_every and step % save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(t.accelerator, run_dir, step)
+            save_checkpoint(t.accelerator, run_dir, step, keep=cfg.keep_checkpoints,
+                            needs_bytes=checkpoint_bytes(t.accelerator.unwrap_model(t.policy), run_dir))
     bar.close()
     t.accelerator.wait_for_everyone()
     return FitResult(steps=step, train_seconds=time.perf_counter() - started,
-                     examples_seen=(step - start_step) * cfg.batch_size * micro, last_log=last_log)
+                     examples_seen=(step - start_step) * cfg.batch_size * micro, last_log=last_log,
+                     nonfinite_skipped=skipped)
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int = 2) -> None:
-    """Save accelerate state to checkpoints/step_N (written to a temp dir, then renamed: never half a checkpoint)."""
+def checkpoint_bytes(policy: torch.nn.Module, run_dir: Path) -> int:
+    """What the next checkpoint will take on disk: the newest one's size, or before the first, the model's
+    weights plus AdamW's two moments of its trainable ones."""
+    newest = latest_checkpoint(run_dir)
+    if newest is not None:
+        return sum(f.stat().st_size for f in newest.rglob("*") if f.is_file())
+    weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+    moments = sum(2 * p.numel() * 4 for p in policy.parameters() if p.requires_grad)
+    return weights + moments
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int = 2, needs_bytes: int = 0) -> bool:
+    """Save accelerate state to checkpoints/step_N (written to a temp dir, then renamed: never half a checkpoint),
+    keeping the newest ``keep``. With ``needs_bytes``, free disk space is checked first (by the main process,
+    for all): without room for it and a margin, the checkpoint is not written, the run says so and goes on
+    (the older checkpoints stay); returns whether it was written."""
     root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    short = 0
+    if needs_bytes and accelerator.is_main_process:
+        free = shutil.disk_usage(root).free
+        if free < needs_bytes * 1.2 + 64 * 2**20:
+            short = 1
+            print(f"[zoo] warning: no checkpoint at step {step}: it needs about {needs_bytes / 2**20:.0f} MB and "
+                  f"{root} has {free / 2**20:.0f} MB free; training goes on, a crash would resume from the last "
+                  f"one written", flush=True)
+    if accelerator.num_processes > 1:
+        short = int(accelerator.reduce(torch.tensor(short, device=accelerator.device), reduction="max"))
+    if short:
+        return False
     tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
@@ -347,3 +444,4 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
         for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return True
