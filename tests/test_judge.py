@@ -311,3 +311,18 @@ def test_pointwise_settings_are_checked():
         LMJudge(str(paths.MODEL), mode="pointwise", answers=("Yes", "Yes"))
     with pytest.raises(ValueError, match="scale must be > 0"):
         LMJudge(str(paths.MODEL), mode="pointwise", scale=0.0)
+
+
+def test_the_cache_file_is_bounded_and_a_torn_line_is_skipped_and_counted(tmp_path):
+    """25 judgements and a line a kill cut short: a judge allowed 10 keeps the newest 10 (the file rewritten
+    whole) and counts the torn line; one allowed more reads them all."""
+    lines = [json.dumps({"key": f"k{i}", "value": i / 100}) for i in range(25)] + ['{"key": "k25", "val']
+    (tmp_path / "judge_cache.jsonl").write_text("\n".join(lines))
+    roomy = LMJudge(str(paths.MODEL), cache_dir=str(tmp_path))
+    assert roomy.torn_cache_lines == 1 and len(roomy.cache) == 25
+    bounded = LMJudge(str(paths.MODEL), cache_dir=str(tmp_path), cache_max_entries=10)
+    assert list(bounded.cache) == [f"k{i}" for i in range(15, 25)] and bounded.cache["k24"] == 0.24
+    rows = [json.loads(line) for line in (tmp_path / "judge_cache.jsonl").read_text().splitlines()]
+    assert [row["key"] for row in rows] == [f"k{i}" for i in range(15, 25)]
+    with pytest.raises(ValueError, match="cache_max_entries must be >= 1"):
+        LMJudge(str(paths.MODEL), cache_dir=str(tmp_path), cache_max_entries=0)

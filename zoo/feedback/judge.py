@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from zoo.feedback.base import Labels
-from zoo.files import append_lines, read_jsonl
+from zoo.files import append_lines, read_jsonl, write_atomically
 from zoo.models import last_logits
 
 DEFAULT_PRINCIPLE = "Which continuation of the movie review is more positive?"
@@ -170,7 +170,7 @@ class LMJudge:
                  dtype: str = "float32", device: str | None = None, template: str = DEFAULT_TEMPLATE,
                  score_template: str = DEFAULT_SCORE_TEMPLATE, scores: Sequence[int] = tuple(range(1, 11)),
                  mode: str = "pairwise", pointwise_template: str = DEFAULT_POINTWISE_TEMPLATE,
-                 answers: Sequence[str] = ("Yes", "No"), scale: float = 1.0):
+                 answers: Sequence[str] = ("Yes", "No"), scale: float = 1.0, cache_max_entries: int = 200_000):
         from zoo.models import load_causal_lm, load_tokenizer
 
         if model is None:
@@ -186,6 +186,8 @@ class LMJudge:
             raise ValueError(f"feedback.source.answers must be two different words (yes-word, no-word), got {list(answers)}")
         if not scale > 0:
             raise ValueError(f"feedback.source.scale must be > 0, got {scale}")
+        if cache_max_entries < 1:
+            raise ValueError(f"feedback.source.cache_max_entries must be >= 1, got {cache_max_entries}")
         self.mode, self.pointwise_template, self.answers, self.scale = mode, pointwise_template, tuple(answers), scale
         self.name, self.principle, self.batch_size = str(model), principle, batch_size
         self.max_response_chars = max_response_chars
@@ -223,7 +225,19 @@ class LMJudge:
             if self.torn_cache_lines:
                 print(f"[zoo] judge cache {self.cache_file}: skipped {self.torn_cache_lines} unreadable line(s) "
                       f"(a write cut short); their judgements are made again")
+            if len(entries) > cache_max_entries:
+                self._compact(cache_max_entries)
         self.hits = self.misses = 0
+
+    def _compact(self, keep: int) -> None:
+        """Keep the newest ``keep`` judgements of the cache file (an online run adds ~8k): rewritten whole, in
+        place of the old file. A judgement another process appends meanwhile may be lost; it is only made
+        again when next asked for."""
+        newest = list(self.cache.items())[-keep:]  # dict order: the file's, later lines winning
+        self.cache = dict(newest)
+        write_atomically(self.cache_file, "".join(json.dumps({"key": k, "value": v}) + "\n" for k, v in newest))
+        print(f"[zoo] judge cache {self.cache_file}: kept the newest {keep} judgements "
+              f"(feedback.source.cache_max_entries)")
 
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
