@@ -1,11 +1,14 @@
 """Shared fixtures. Tests run on the CPU, offline, with caches in temporary directories."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ZOO_NO_FETCH"] = "1"  # a packaged model (zoo model fetch) is never downloaded by a test
+# hub models' recorded digests (zoo.models.verify_hub_weights) go to a file of this session, not the user's
+os.environ.setdefault("ZOO_DIGESTS", os.path.join(tempfile.mkdtemp(prefix="zoo-digests-"), "hub-digests.json"))
 
 
 import pytest

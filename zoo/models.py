@@ -9,8 +9,12 @@ it is a separate frozen copy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from zoo.files import write_atomically
 from zoo.losses.base import SequenceLogps, SequenceScores
 
 # bitsandbytes 0.50 on a CPU with AVX-512 BF16 tries, when imported (peft imports it), to fetch a faster 4-bit
@@ -46,6 +51,63 @@ def hub_ref(name_or_path: str) -> tuple[str, dict]:
     return name, {}
 
 
+DIGESTS_ENV = "ZOO_DIGESTS"  # where hub models' recorded digests live (default ~/.cache/zoo/hub-digests.json)
+
+
+def checked_hub_ref(name_or_path: str, trust_remote_code: bool = False, weights: bool = True) -> tuple[str, dict]:
+    """``hub_ref`` of a model about to be loaded, after the supply-chain checks: a warning when
+    ``trust_remote_code`` is on (the repository's Python code will run in this process), and for a hub model
+    (not a local directory), its safetensors checked against the digest recorded the first time this
+    repository's commit was loaded (``verify_hub_weights``)."""
+    repo, revision = hub_ref(name_or_path)
+    if trust_remote_code:
+        _warn_remote_code(str(name_or_path))
+    if weights and not Path(repo).exists():
+        verify_hub_weights(repo, revision.get("revision"))
+    return repo, revision
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_remote_code(name: str) -> None:
+    print(f"[zoo] warning: trust_remote_code is on for {name}: Python code from its repository runs in this "
+          f"process (set model.trust_remote_code=false unless you have read it)", flush=True)
+
+
+@functools.lru_cache(maxsize=None)
+def verify_hub_weights(repo: str, revision: str | None = None) -> str:
+    """sha256 of a hub model's safetensors files (in name order, with their names), checked before loading
+    against the digest recorded for the same repository and commit; the first load records it (trust on first
+    use, in ``$ZOO_DIGESTS``). Files that changed under the same commit (a tampered or corrupted cache) are
+    refused. Returns the digest ("" where the snapshot has no safetensors: loading then fails on its own)."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["*.safetensors", "*.json"]))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                h.update(block)
+    digest, key = h.hexdigest(), f"{repo}@{folder.name}"  # the snapshot folder is named by its commit
+    ledger = Path(os.environ.get(DIGESTS_ENV) or Path.home() / ".cache" / "zoo" / "hub-digests.json")
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with open(ledger.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        recorded = json.loads(ledger.read_text()) if ledger.exists() else {}
+        if key in recorded and recorded[key] != digest:
+            raise ValueError(f"{repo} at commit {folder.name}: its weights' sha256 is {digest}, but {recorded[key]} "
+                             f"was recorded when it was first loaded ({ledger}); the files in the hub cache changed "
+                             f"under the same commit. Refusing them: delete that snapshot to download it again")
+        if key not in recorded:
+            recorded[key] = digest
+            write_atomically(ledger, json.dumps(recorded, indent=2, sort_keys=True))
+            print(f"[zoo] recorded {repo}@{folder.name[:12]}'s weights sha256 {digest[:16]}... in {ledger}")
+    return digest
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, pad_token: str | None = None,
                    eos_token: str | None = None, chat_template: str | None = None):
     """The tokenizer, with a PAD token, set up as a model config asks (``model_tokenizer``).
@@ -59,7 +121,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, pad_token
     Tokens are never added: a new token would need a new, untrained embedding row, so a name that is not
     in the vocabulary is an error. The settings are saved with the tokenizer (a stage's or a run's
     ``model/``), so a tokenizer loaded back from there needs none of them again."""
-    repo, revision = hub_ref(name_or_path)
+    repo, revision = checked_hub_ref(name_or_path, trust_remote_code, weights=False)
     tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=trust_remote_code, **revision)
     if chat_template is not None:
         from zoo.chat_templates import chat_template as named_template
@@ -142,7 +204,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
     """A causal LM from safetensors weights; ``attn_implementation`` (sdpa, eager, flash_attention_2) is
     transformers' own, None its default."""
     torch_dtype = DTYPES[dtype]
-    repo, revision = hub_ref(name_or_path)
+    repo, revision = checked_hub_ref(name_or_path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         repo, **revision, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), attn_implementation=attn_implementation,
@@ -158,7 +220,7 @@ def load_reward_model(name_or_path: str, pad_token_id: int, dtype: str = "float3
     head is new. Transformers' sequence-classification models read the head at the last non-pad token,
     so ``pad_token_id`` must be set (and differ from EOS, or the EOS itself would count as padding)."""
     torch_dtype = DTYPES[dtype]
-    repo, revision = hub_ref(name_or_path)
+    repo, revision = checked_hub_ref(name_or_path, trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
         repo, **revision, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         quantization_config=quantization_config(quant_bits, torch_dtype), pad_token_id=pad_token_id,
@@ -664,7 +726,7 @@ def value_model(init_path: str, hidden_size: int, dtype: str = "float32", trust_
 
     trunk = None
     if shared is None:
-        repo, revision = hub_ref(init_path)
+        repo, revision = checked_hub_ref(init_path, trust_remote_code)
         trunk = AutoModel.from_pretrained(repo, **revision, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                           use_safetensors=True)
         disable_dropout(trunk)
