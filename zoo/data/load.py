@@ -30,7 +30,12 @@ def read_rows(path: str | Path) -> list[dict]:
         return datasets.load_dataset("parquet", data_files=str(path), split="train").to_list()
     if suffix not in (".json", ".jsonl"):
         raise DataError(f"{path}: unsupported file type '{suffix}' (use .json, .jsonl or .parquet)")
-    text = path.read_text(encoding="utf-8")
+    blob = path.read_bytes()
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = blob[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -97,7 +102,10 @@ def to_schema(rows: list[dict], kind: str) -> list[dict]:
             if isinstance(row["chosen"], (str, list)) and isinstance(row["rejected"], (str, list)):
                 from trl.data_utils import extract_prompt  # imported where needed: trl and datasets cost 0.5 s
 
-                row = {**row, **extract_prompt(row)}
+                try:
+                    row = {**row, **extract_prompt(row)}
+                except Exception:  # noqa: BLE001 - no shared prompt to find (empty or unlike responses):
+                    pass  # the row stays without one, and validation names the missing field
         if kind == "demonstrations" and "completion" not in row:
             if "messages" in row and isinstance(row["messages"], list) and row["messages"]:
                 row = {**row, "prompt": row["messages"][:-1], "completion": row["messages"][-1:]}

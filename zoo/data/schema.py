@@ -51,10 +51,18 @@ def validate_row(row: Any, index: int, kind: str, source: str) -> None:
     for field in fields:
         if field not in row:
             raise DataError(f"{where}: field '{field}' is missing (a {kind} row needs {', '.join(fields)};"
-                            f" it has {', '.join(sorted(row)) or 'no fields'})")
+                            f" it has {', '.join(sorted(row, key=str)) or 'no fields'})")
         problem = _field_problem(row[field], field)
         if problem:
             raise DataError(f"{where}: field '{field}' {problem}")
+    # a row is standard text or a conversation throughout: a string prompt cannot take a list of messages as its
+    # completion (nor the reverse); tokenization joins them
+    texts = [f for f in fields if f != "label"]
+    kinds = {f: "a list of messages" if isinstance(row[f], list) else "a string" for f in texts}
+    for field in texts[1:]:
+        if kinds[field] != kinds[texts[0]]:
+            raise DataError(f"{where}: field '{field}' is {kinds[field]} where '{texts[0]}' is {kinds[texts[0]]} "
+                            f"(a row is standard text or a conversation throughout)")
 
 
 def validate_rows(rows: list[dict], kind: str, source: str, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
