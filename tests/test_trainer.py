@@ -30,11 +30,12 @@ class CrashAt(DPOLoss):
         return super().forward(policy, reference)
 
 
-def run(run_dir, loss_fn, max_steps=4):
+def run(run_dir, loss_fn, max_steps=4, save_every=2, keep_checkpoints=2):
     tokenizer = load_tokenizer(str(paths.MODEL))
     tokens, _ = tokenize_rows(ROWS, "pairs", tokenizer, "test", 64)
     policy = load_causal_lm(str(paths.MODEL))
-    cfg = TrainerConfig(max_steps=max_steps, learning_rate=1e-3, batch_size=4, warmup_steps=1, log_every=1, save_every=2)
+    cfg = TrainerConfig(max_steps=max_steps, learning_rate=1e-3, batch_size=4, warmup_steps=1, log_every=1,
+                        save_every=save_every, keep_checkpoints=keep_checkpoints)
     fit(policy, loss_fn, DatasetBatches(tokens, PairCollator(tokenizer.pad_token_id, 64), 4), cfg, run_dir, seed=0,
         reference=Reference(policy, load_causal_lm(str(paths.MODEL))))
     return policy
@@ -96,3 +97,23 @@ def test_a_separate_reference_is_frozen_and_evaluated():
     Reference(load_causal_lm(str(paths.MODEL)), separate)
     assert not separate.training and not any(m.training for m in separate.modules())
     assert not any(p.requires_grad for p in separate.parameters())
+
+
+def test_checkpoints_kept_are_the_newest_keep_checkpoints(tmp_path):
+    run(tmp_path, DPOLoss(beta=0.1), max_steps=6, save_every=1, keep_checkpoints=3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4", "step_5"]
+
+
+def test_without_disk_space_a_checkpoint_is_skipped_with_a_warning(tmp_path, monkeypatch, capsys):
+    """Free space below the checkpoint's estimated size: no checkpoint, a warning saying how much it needs and
+    how much there is, and training goes on to the end."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))  # 1 MB
+    run(tmp_path, DPOLoss(beta=0.1), max_steps=4, save_every=2)
+    out = capsys.readouterr().out
+    assert "warning: no checkpoint at step 2: it needs about" in out and "has 1 MB free" in out
+    assert not list((tmp_path / "checkpoints").glob("step_*"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
