@@ -32,7 +32,7 @@ def _field_problem(value: Any, field: str) -> str | None:
             return "is an empty string"
         return None
     if isinstance(value, list):
-        if field != "prompt" and not value:
+        if not value:  # a chat template has nothing to render (an empty string prompt is fine: no context)
             return "is an empty message list"
         for j, message in enumerate(value):
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)
@@ -55,14 +55,13 @@ def validate_row(row: Any, index: int, kind: str, source: str) -> None:
         problem = _field_problem(row[field], field)
         if problem:
             raise DataError(f"{where}: field '{field}' {problem}")
-    # a row is standard text or a conversation throughout: a string prompt cannot take a list of messages as its
-    # completion (nor the reverse); tokenization joins them
-    texts = [f for f in fields if f != "label"]
-    kinds = {f: "a list of messages" if isinstance(row[f], list) else "a string" for f in texts}
-    for field in texts[1:]:
-        if kinds[field] != kinds[texts[0]]:
-            raise DataError(f"{where}: field '{field}' is {kinds[field]} where '{texts[0]}' is {kinds[texts[0]]} "
-                            f"(a row is standard text or a conversation throughout)")
+    # messages cannot follow plain text: a string prompt takes string completions (a conversation's prompt may
+    # take either: the completion is the assistant's reply, rendered by the chat template)
+    if isinstance(row.get("prompt"), str):
+        for field in fields:
+            if field != "prompt" and isinstance(row[field], list):
+                raise DataError(f"{where}: field '{field}' is a list of messages where 'prompt' is a string (a "
+                                f"conversation's messages cannot follow plain text: make the prompt a message list)")
 
 
 def validate_rows(rows: list[dict], kind: str, source: str, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
