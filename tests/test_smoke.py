@@ -169,7 +169,7 @@ def test_mistyped_key_fails_at_compose_time(cache, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["train"], ["compare"], ["label"], ["report"], ["model", "fetch"],
-                                     ["world", "build"], ["data", "check"]], ids=lambda c: " ".join(c))
+                                     ["world", "build"], ["data", "check"], ["export"]], ids=lambda c: " ".join(c))
 def test_every_command_answers_help(command, tmp_path):
     """DESIGN sec. 4: each command answers --help (exit 0, its usage or Hydra's on stdout, nothing run)."""
     proc = zoo(*command, "--help", cache=tmp_path)

@@ -21,6 +21,9 @@ commands:
   label [--input FILE] [--out FILE] [overrides]
                         label pairs with a feedback source (feedback=judge ...) into a preference dataset
   report DIR... [--out DIR]  compare runs: results.csv, report.md and plots (in --out, default DIR)
+  export RUN_DIR --out DIR [--merge]
+                        a run's policy as a model directory plain from_pretrained loads (a LoRA adapter
+                        merged into its base with --merge), with tokenizer, generation config and card
   data check FILE-OR-CONFIG [overrides]
                         the run's data validation without a run: rows per schema, refused rows and why,
                         token lengths against data.max_length, duplicates and identical pairs
@@ -137,6 +140,15 @@ def main(argv: list[str] | None = None) -> None:
         try:
             report_main(rest)
         except FileNotFoundError as err:
+            print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
+            raise SystemExit(1)
+    elif command == "export":
+        from zoo.export import main as export_main
+
+        _quiet_libraries()
+        try:
+            export_main(rest)
+        except (ValueError, FileNotFoundError, OSError) as err:
             print(_error(f"{type(err).__name__}: {err}"), file=sys.stderr)
             raise SystemExit(1)
     elif command == "data" and rest[:1] == ["check"]:

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from zoo.builders import MODEL_KINDS
+from zoo.card import model_card
 from zoo.config import portable, portable_config
 from zoo.data.batches import DatasetBatches
 from zoo.data.collate import BATCH_KINDS
@@ -172,4 +173,6 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
         eval_metrics, samples = kind.evaluate(cfg, policy, built.reference, tokenizer, data.eval_items, task)
         out.update(eval_metrics)
         write_atomically(run_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in samples))
+    if main:  # the model card, with the held-out metrics
+        write_atomically(run_dir / "model" / "README.md", model_card(cfg, out, adapter=hasattr(policy, "peft_config")))
     return out
