@@ -151,6 +151,10 @@ class TrainerConfig:
     # a non-finite loss, gradient norm, or PPO reward / advantage / value: "stop" ends the run (status failed,
     # its last good checkpoint kept); "skip" drops the batch without an update and counts it
     on_nonfinite: str = "stop"
+    # experiment trackers through accelerate (tensorboard, wandb, trackio, mlflow, ...: each its own package):
+    # log.jsonl's metrics under its names, the resolved config as hyperparameters, a sweep's runs grouped
+    report_to: list[str] = field(default_factory=list)
+    tracker_project: str = "zoo"  # the trackers' project (wandb / trackio project, mlflow experiment)
     mixed_precision: str = "no"  # accelerate: no | bf16 | fp16
     cpu_threads: int | None = None  # torch.set_num_threads; null leaves torch's default
     # offline losses: the reference's log-probs of each batch cached on disk (stages.cache_dir) and reused by

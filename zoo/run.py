@@ -31,7 +31,7 @@ from zoo.memory import current_memory_mb, peak_memory_mb, reset_peak_memory
 from zoo.models import model_tokenizer
 from zoo.refcache import ReferenceCache, reference_setting
 from zoo.stages import prepare_in_processes
-from zoo.trainer import fit, is_main_process
+from zoo.trainer import Tracking, fit, is_main_process
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -90,6 +90,23 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     return metrics
 
 
+def tracking_of(cfg: DictConfig, run_dir: Path) -> Tracking:
+    """The run as the trackers name it: its directory's name, grouped with its sweep (a ``zoo compare``'s
+    sweeps, ``OUT/runs/sweepN``, by the comparison's directory), with the resolved config."""
+    group = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN:
+            sweep = Path(hydra.sweep.dir)
+            group = sweep.parent.parent.name if sweep.parent.name == "runs" else sweep.name
+    except ValueError:  # not inside a Hydra run
+        pass
+    return Tracking(run_dir.name, group, yaml.safe_load(portable_config(cfg)))
+
+
 def data_kind_of(cfg: DictConfig, loss_fn: Loss) -> str:
     """What the run reads from disk: the loss's batch kind, or prompts when its pairs come online."""
     if not cfg.algo.get("online_feedback", False):
@@ -146,7 +163,7 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
             "mixed_precision": cfg.trainer.mixed_precision})
     result = fit(built.model, loss_fn, batches, cfg.trainer, run_dir, seed=cfg.seed,
                  reference=built.reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}",
-                 reference_cache=reference_cache)
+                 reference_cache=reference_cache, tracking=tracking_of(cfg, run_dir))
     peak, peak_source = peak_memory_mb(rss_reset)
     policy = built.policy
     save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \

@@ -301,7 +301,8 @@ def _fit_and_save(cfg: DictConfig, stage: DictConfig, model, tokenizer, loss_fn,
     """Train a stage's model with the stage's step count, lr and batch size; save it to ``out/model``."""
     trainer_cfg = OmegaConf.merge(cfg.trainer, {
         "max_steps": stage.max_steps, "learning_rate": stage.learning_rate, "batch_size": stage.batch_size,
-        "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20})
+        "grad_accum_steps": 1, "save_every": 0, "warmup_steps": 20,
+        "report_to": []})  # a stage serves many runs: the trackers follow the runs, not the stage's own training
     batches = DatasetBatches(tokens, collator, stage.batch_size, seed=0)
     result = fit(model, loss_fn, batches, trainer_cfg, out / "train", seed=0, desc=desc)
     model.save_pretrained(out / "model", safe_serialization=True)

@@ -120,6 +120,35 @@ def _gathered_means(accelerator: Accelerator, metrics: dict[str, torch.Tensor], 
 
 
 @dataclass
+class Tracking:
+    """What the experiment trackers (``trainer.report_to``) record about a run: its name, the group of runs it
+    belongs to (a sweep, a comparison) and its hyperparameters (the resolved config, flattened)."""
+
+    run_name: str
+    group: str | None
+    config: dict
+
+    def init_kwargs(self, run_dir: Path) -> dict:
+        """Each tracker's own arguments for the run's name and group (accelerate passes them to its init)."""
+        return {"wandb": {"name": self.run_name, "group": self.group, "dir": str(run_dir)},
+                "trackio": {"name": self.run_name, "group": self.group},
+                "mlflow": {"run_name": self.run_name, **({"tags": {"group": self.group}} if self.group else {})}}
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as one level of ``a.b.c`` keys with scalar values (lists and None as text), as
+    TensorBoard's hyperparameters need them."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+@dataclass
 class _Training:
     """What ``fit`` prepared: the accelerator, the prepared policy, optimizer and schedule, and the
     trainable parameters (clipped together)."""
@@ -148,14 +177,15 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
-def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, reference: Reference | None, seed: int
-             ) -> _Training:
+def _prepare(policy: torch.nn.Module, cfg: TrainerConfig, source: BatchSource, reference: Reference | None, seed: int,
+             run_dir: Path | None = None) -> _Training:
     """The accelerator (windows are always whole and drawn ahead of their forwards, so the step must not
     follow the data loader's end), AdamW and its schedule (linear warm-up then constant, the DPO paper's),
     all prepared, torch seeded; the reference on the device; a stateful source registered for checkpoints."""
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum_steps, sync_with_dataloader=False)
     accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
-                              cpu=_on_cpu())
+                              cpu=_on_cpu(), log_with=list(cfg.report_to) or None,
+                              project_dir=str(run_dir) if run_dir is not None else None)
     _check_engine(accelerator)
     torch.manual_seed(seed)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -338,18 +368,23 @@ def _nonfinite(cfg: TrainerConfig, quantity: str, step: int, value: float | None
 
 def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: TrainerConfig, run_dir: str | Path,
         seed: int = 0, reference: Reference | None = None, desc: str = "train",
-        reference_cache: ReferenceCache | None = None) -> FitResult:
+        reference_cache: ReferenceCache | None = None, tracking: Tracking | None = None) -> FitResult:
     """Train ``policy`` on the batches of ``source`` with ``loss_fn``; writes log.jsonl and checkpoints in ``run_dir``.
 
     ``source`` is a :class:`~zoo.data.batches.BatchSource`: a dataset (``DatasetBatches``) or an online
     source; its micro-batches are asked for by number, so a resumed run continues where it stopped.
     ``reference_cache`` (``zoo.refcache``) serves the reference's outputs on batches met before.
+    ``tracking``: the run's name, group and config for the trackers of ``cfg.report_to``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn.needs_reference and reference is None:
         raise ValueError(f"{type(loss_fn).__name__} needs a reference model; pass reference=")
-    t = _prepare(policy, cfg, source, reference, seed)
+    t = _prepare(policy, cfg, source, reference, seed, run_dir)
+    if cfg.report_to:  # the trackers (main process only: accelerate's rule) see what log.jsonl gets
+        tracking = tracking or Tracking(run_dir.name, None, {})
+        t.accelerator.init_trackers(cfg.tracker_project, config=flat_config(tracking.config),
+                                    init_kwargs=tracking.init_kwargs(run_dir))
     start_step = _resume(t.accelerator, run_dir)
     micro = cfg.grad_accum_steps * t.accelerator.num_processes
     loader = source.batches(t.accelerator, t.policy, start_step * micro, cfg.max_steps * micro)
@@ -393,10 +428,14 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
                 bar.set_postfix(loss=f"{last_log['loss']:.4f}")
             if t.accelerator.is_main_process:
                 append_lines(run_dir / "log.jsonl", [json.dumps(last_log)], kill_name="log")
+            if cfg.report_to:
+                t.accelerator.log({k: v for k, v in last_log.items() if k != "step"}, step=step)
         if save_every and step % save_every == 0 and step < cfg.max_steps:
             save_checkpoint(t.accelerator, run_dir, step, keep=cfg.keep_checkpoints,
                             needs_bytes=checkpoint_bytes(t.accelerator.unwrap_model(t.policy), run_dir))
     bar.close()
+    if cfg.report_to:
+        t.accelerator.end_training()  # trackers flushed and closed
     t.accelerator.wait_for_everyone()
     return FitResult(steps=step, train_seconds=time.perf_counter() - started,
                      examples_seen=(step - start_step) * cfg.batch_size * micro, last_log=last_log,
