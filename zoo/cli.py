@@ -33,6 +33,7 @@ commands:
                         regenerate the embedded world's assets (base model, data, judge) deterministically
 """
 
+COMMANDS = ("train", "compare", "label", "report", "export", "data check", "model fetch", "world build")
 _failures: list[str] = []
 
 
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         from zoo.compare import __doc__ as compare_help, main as compare_main
 
         if {"-h", "--help"} & set(rest):
-            print("usage: zoo compare [compare=PLAN] [compare.KEY=VALUE ...] [run overrides ...]\n\n" + compare_help)
+            from zoo.cli_help import compare_help as keys_and_presets
+
+            print(keys_and_presets() + "\n" + compare_help)
             return
 
         _quiet_libraries()
@@ -176,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
 
         build_main(rest[1:])
     else:
-        print(_error(f"unknown command {' '.join(argv[:2])!r}"), file=sys.stderr)
+        from zoo.cli_help import nearest
+
+        asked = " ".join(argv[:2]) if argv[0] in ("data", "model", "world") else argv[0]
+        print(_error(f"unknown command {asked!r}" + nearest(asked, COMMANDS)), file=sys.stderr)
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)
 

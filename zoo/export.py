@@ -13,7 +13,6 @@ run's EOS and PAD, sampling at the evaluation's temperature and length) and the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -85,7 +84,9 @@ def export(run_dir: Path, out: Path, merge: bool = False, cache_dir: str | None 
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="zoo export", description=__doc__.split("\n\n")[0])
+    from zoo.cli_help import Parser
+
+    parser = Parser(prog="zoo export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished run directory (with model/ and metrics.json)")
     parser.add_argument("--out", type=Path, required=True, help="a new directory for the exported model")
     parser.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (full weights)")

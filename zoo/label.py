@@ -13,7 +13,6 @@ feedback twice costs nothing; ``--out`` also copies it to a path of your choice.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -43,7 +42,9 @@ def label(overrides: list[str], input_path: str | None = None, out: str | None =
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="zoo label", description=__doc__.splitlines()[0])
+    from zoo.cli_help import Parser
+
+    parser = Parser(prog="zoo label", description=__doc__.splitlines()[0])
     parser.add_argument("--input", help="pairs to label (default: two reference samples per data.prompts_path prompt)")
     parser.add_argument("--out", help="also copy the labelled pairs here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for zoo train (feedback=judge ...)")

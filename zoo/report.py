@@ -14,7 +14,6 @@ Reads every ``metrics.json`` (and its sibling ``log.jsonl``) under the given dir
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -660,7 +659,9 @@ def plot_curves(plt, runs: Sequence[dict], rows: Sequence[dict]):
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """``zoo report DIR... [--out DIR]``: print the table and write the report; returns the paths written."""
-    parser = argparse.ArgumentParser(prog="zoo report", description="Compare runs: results.csv, report.md, plots.")
+    from zoo.cli_help import Parser
+
+    parser = Parser(prog="zoo report", description="Compare runs: results.csv, report.md, plots.")
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs (searched for metrics.json)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first DIR)")
     args = parser.parse_args(argv)

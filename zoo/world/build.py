@@ -14,7 +14,6 @@ The result loads like any hub model and dataset: ``from_pretrained(dir)`` and JS
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -147,7 +146,9 @@ def build_judge_asset(out: Path, seed: int, settings: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """``zoo world build [--out DIR] [--quick]``."""
-    parser = argparse.ArgumentParser(prog="zoo world build", description=__doc__.splitlines()[0])
+    from zoo.cli_help import Parser
+
+    parser = Parser(prog="zoo world build", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=paths.ASSETS, help="asset directory (default: the package's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
