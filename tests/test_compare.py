@@ -153,13 +153,15 @@ def test_compare_records_how_the_results_were_made(compared):
     assert "## How these results were made" in (out / "report.md").read_text()
 
 
-def test_the_notebook_executes_against_the_comparison(compared, cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", [".", "runs/sweep0"], ids=["comparison", "sweep"])
+def test_the_notebook_executes_against_the_comparison(where, compared, cache, tmp_path, monkeypatch):
+    """The notebook on a comparison's directory and on one of its sweeps (a plain `zoo train -m` directory)."""
     nbformat = pytest.importorskip("nbformat")  # in the test extra: CI always runs this
     from nbclient import NotebookClient
 
     out, _ = compared
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    for key, value in (("ZOO_RUNS", out), ("ZOO_CACHE", cache), ("ZOO_NOTEBOOK_RUN_DIR", tmp_path / "dpo")):
+    for key, value in (("ZOO_RUNS", out / where), ("ZOO_CACHE", cache), ("ZOO_NOTEBOOK_RUN_DIR", tmp_path / "dpo")):
         monkeypatch.setenv(key, str(value))  # the kernel inherits them
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

@@ -41,6 +41,8 @@ def test_the_saved_model_has_a_card_with_the_run(lora_run):
     assert header["library_name"] == "peft" and "dpo" in header["tags"]
     assert "| loss.beta | 0.1 |" in text and "| LoRA | r=8, alpha=16" in text
     assert "gold reward" in text and "zoo train" in text and "commit" in text
+    assert "| base model | `${world_asset:model}` |" in text  # portable: no absolute path of this machine
+    assert "| trained from | `${stages.cache_dir}/sft-" in text and "the weights the adapter sits on" in text
 
 
 def test_merged_export_loads_with_from_pretrained_alone_and_gives_the_policys_logps(lora_run, cache, tmp_path):

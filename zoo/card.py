@@ -70,9 +70,14 @@ def _value(value) -> str:
 def model_card(cfg: DictConfig, metrics: dict, adapter: bool, command: str | None = None) -> str:
     """The card of a run's ``model/``: ``cfg`` the run's config, ``metrics`` its metrics.json, ``adapter`` whether
     ``model/`` holds a LoRA adapter rather than full weights."""
+    from zoo.config import portable
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model, data, algo, trainer = resolved["model"], resolved["data"], resolved["algo"], resolved["trainer"]
-    base = str(model["name_or_path"])
+    cache = resolved["stages"]["cache_dir"]
+    base = portable(str(model["name_or_path"]), cache)  # as run outputs record paths: no machine's absolute ones
+    if data.get("path"):
+        data["path"] = portable(str(data["path"]), cache)
     header = {"library_name": "peft" if adapter else "transformers", "pipeline_tag": "text-generation",
               "tags": ["zoo", str(algo["name"]), f"feedback-{resolved['feedback']['name']}"]}
     if looks_like_hub_id(base):
@@ -91,6 +96,8 @@ def model_card(cfg: DictConfig, metrics: dict, adapter: bool, command: str | Non
            "`zoo export RUN_DIR --merge`." if adapter else "the full weights: `from_pretrained` loads it."),
         "", "## Training", "", "| setting | value |", "|---|---|",
         f"| base model | `{base}` |",
+        *([f"| trained from | `{metrics['policy_init']}` (the weights the {'adapter sits on' if adapter else 'training started from'}) |"]
+          if metrics.get("policy_init") else []),
         f"| algorithm | {algo['name']} (`{algo['loss']['_target_']}`) |",
         *[f"| loss.{k} | {_value(v)} |" for k, v in loss.items()],
         f"| data | `{data['name']}`" + (f" (`{data['path']}`)" if data.get("path") else "") + " |",
