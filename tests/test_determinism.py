@@ -8,7 +8,7 @@ import pytest
 
 from zoo_cli import zoo
 
-ALGOS = ["sft", "dpo", "ipo", "kto", "orpo", "reward", "ppo", "rlaif", "d_rlaif", "online_dpo"]
+ALGOS = ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward", "ppo", "rlaif", "d_rlaif", "online_dpo"]
 NOT_RESULTS = ("seconds", "memory", "per_second", "elapsed_s", "reference_cache", "peak_memory_source")
 
 

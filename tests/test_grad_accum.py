@@ -22,7 +22,7 @@ import scratch_model
 from zoo.config import TrainerConfig
 from zoo.data.collate import COLLATORS
 from zoo.data.load import load_rows, tokenize_rows
-from zoo.losses import DPOLoss, IPOLoss, KTOLoss, ORPOLoss
+from zoo.losses import CPOLoss, DPOLoss, IPOLoss, KTOLoss, ORPOLoss, SimPOLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import Reference, load_causal_lm, load_tokenizer
 from zoo.trainer import DatasetBatches, fit
@@ -76,8 +76,9 @@ def in_batch_order(rows: list[dict], batch_size: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("loss_fn, kind", [(DPOLoss(beta=0.1), "pairs"), (IPOLoss(beta=0.1), "pairs"),
-                                           (ORPOLoss(beta=0.1), "pairs"), (SFTLoss(), "demonstrations")],
-                         ids=["dpo", "ipo", "orpo", "sft"])
+                                           (ORPOLoss(beta=0.1), "pairs"), (SFTLoss(), "demonstrations"),
+                                           (SimPOLoss(), "pairs"), (CPOLoss(beta=0.1), "pairs")],
+                         ids=["dpo", "ipo", "orpo", "sft", "simpo", "cpo"])
 def test_two_micro_batches_equal_one_batch_of_both(loss_fn, kind, scratch, tmp_path, monkeypatch):
     rows = long_then_short()
     if kind == "demonstrations":

@@ -38,11 +38,11 @@ def check_run_dir(run_dir, algo):
     return metrics, log
 
 
-@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo", "kto", "orpo"])  # ppo: test_ppo_runs
+@pytest.mark.parametrize("algo", ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "cpo"])  # ppo: test_ppo_runs
 def test_each_algorithm_runs(algo, cache, tmp_path):
     zoo("train", f"algo={algo}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     metrics, log = check_run_dir(tmp_path, algo)
-    if algo in ("dpo", "ipo", "orpo"):
+    if algo in ("dpo", "ipo", "orpo", "simpo", "cpo"):
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected"} <= set(log[0])
     if algo == "orpo":
@@ -50,7 +50,9 @@ def test_each_algorithm_runs(algo, cache, tmp_path):
         assert metrics["policy_init"] != metrics["reference"]  # ORPO starts from the base model, not the SFT policy
     if algo == "kto":
         assert "kl" in log[0] and ({"rewards/chosen", "rewards/rejected"} & set(log[0]))
-    if algo in ("dpo", "ipo", "kto"):
+    if algo == "cpo":
+        assert "nll_loss" in log[0]
+    if algo in ("dpo", "ipo", "kto", "simpo", "cpo"):
         assert metrics["policy_init"] == metrics["reference"]
     if algo != "sft":
         assert (tmp_path / "checkpoints" / "step_2").is_dir()

@@ -1,12 +1,14 @@
 """Parity with TRL 1.16 on a model, tokenizer and rows built from scratch (``tests/scratch_model.py``), not the world's.
 
-For each of DPO, IPO, KTO and ORPO, in the standard and the conversational format, the same rows go through
+For each of DPO, IPO, KTO, ORPO, SimPO and CPO, in the standard and the conversational format, the same rows
+go through
 
 - ``zoo train algo=X data=local data.path=FILE model.name_or_path=POLICY model.reference_path=REFERENCE
   eval.num_prompts=0`` (composed and run in-process: the real config, loading, tokenization, collation and
   trainer), and
-- TRL's own trainer (``DPOTrainer``, ``KTOTrainer``, ``experimental.orpo.ORPOTrainer``) with the same policy
-  and ``ref_model=`` the same reference,
+- TRL's own trainer (``DPOTrainer``, ``KTOTrainer``, ``experimental.orpo.ORPOTrainer``,
+  ``experimental.cpo.CPOTrainer`` with ``loss_type="simpo", cpo_alpha=0`` for SimPO and ``"sigmoid"`` for CPO)
+  with the same policy and ``ref_model=`` the same reference (none for ORPO, SimPO, CPO),
 
 for one step at learning rate 0 with the whole file as one batch. Every metric both libraries log at that
 step must agree to 1e-5 relative, and zoo's per-row log-probabilities (the trainer's own collation and
@@ -43,6 +45,10 @@ REL = 1e-5
 # metric that is beta times a difference of them (the reward margins, ~0.04 here) agrees to ~1e-6 absolute.
 ABS = 1e-6
 LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo"}
+SIMPO_GAMMA, CPO_ALPHA = 0.5, 1.0  # TRL's defaults (simpo_gamma, cpo_alpha), set on both sides
+REFERENCE_FREE = ("orpo", "simpo", "cpo")
+# overrides of zoo's loss that match TRL's arguments below
+LOSS_OVERRIDES = {"simpo": [f"algo.loss.gamma={SIMPO_GAMMA}"], "cpo": [f"algo.loss.alpha={CPO_ALPHA}"]}
 # metrics TRL logs that zoo does not (optimizer state and logits means) or logs differently (the step clock)
 NOT_COMPARED = {"grad_norm", "learning_rate", "epoch", "step", "lr", "elapsed_s", "logits/chosen", "logits/rejected",
                 "count/desirable", "count/undesirable", "entropy"}
@@ -51,12 +57,12 @@ NOT_COMPARED = {"grad_norm", "learning_rate", "epoch", "step", "lr", "elapsed_s"
 def zoo_step(algo: str, data_file, scratch, run_dir) -> dict:
     """The first log line of ``zoo train`` on ``data_file``: one step at lr 0, the whole file as one batch."""
     n = len(read_rows(data_file))
-    reference = [] if algo == "orpo" else [f"model.reference_path={scratch['reference']}"]  # ORPO has none
+    reference = [] if algo in REFERENCE_FREE else [f"model.reference_path={scratch['reference']}"]
     overrides = [f"algo={algo}", "data=local", f"data.path={data_file}", f"model.name_or_path={scratch['policy']}",
                  *reference, "eval.num_prompts=0", f"data.max_length={MAX_LENGTH}", "trainer.max_steps=1",
                  "trainer.learning_rate=0", f"trainer.batch_size={n}", "trainer.warmup_steps=1",
                  "trainer.log_every=1", "trainer.save_every=0", f"algo.loss.beta={BETA}",
-                 f"stages.cache_dir={run_dir.parent / 'cache'}"]
+                 f"stages.cache_dir={run_dir.parent / 'cache'}", *LOSS_OVERRIDES.get(algo, [])]
     metrics = train(compose_train_config(overrides), run_dir)
     assert metrics["train_rows"] == n and metrics["eval_source"] == "none"  # every row of the file trained
     return json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
@@ -83,6 +89,13 @@ def trl_trainer(algo: str, rows: list[dict], scratch, out):
                          gradient_checkpointing=False, **common)
         trainer = KTOTrainer(model=policy, ref_model=load_causal_lm(str(scratch["reference"])), args=args,
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    elif algo in ("simpo", "cpo"):
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(loss_type="simpo" if algo == "simpo" else "sigmoid", simpo_gamma=SIMPO_GAMMA,
+                         cpo_alpha=0.0 if algo == "simpo" else CPO_ALPHA, gradient_checkpointing=False,
+                         remove_unused_columns=False, **common)
+        trainer = CPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     else:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -119,7 +132,7 @@ def zoo_rows_logps(algo: str, rows: list[dict], scratch) -> tuple[list[dict], to
 
 def trl_completion(example: dict, side: str) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) of one side of a row of TRL's tokenized train dataset."""
-    if "chosen_labels" in example:  # ORPOTrainer: full sequences with the prompt masked out of the labels
+    if "chosen_labels" in example:  # ORPO's, CPO's: full sequences with the prompt masked out of the labels
         ids, labels = example[f"{side}_input_ids"], example[f"{side}_labels"]
         start = next(i for i, label in enumerate(labels) if label != -100)
         return ids[:start], ids[start:]
@@ -146,11 +159,12 @@ EXPECTED = {
     "orpo": {"loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
              "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"},
 }
-EXPECTED["ipo"] = EXPECTED["dpo"]
+EXPECTED["ipo"] = EXPECTED["simpo"] = EXPECTED["dpo"]
+EXPECTED["cpo"] = EXPECTED["dpo"] | {"nll_loss"}
 
 
 @pytest.mark.parametrize("fmt", ["standard", "conversational"])
-@pytest.mark.parametrize("algo", ["dpo", "ipo", "kto", "orpo"])
+@pytest.mark.parametrize("algo", ["dpo", "ipo", "kto", "orpo", "simpo", "cpo"])
 def test_first_step_and_per_row_logps_match_trl(algo, fmt, scratch, tmp_path):
     unpaired = algo == "kto"
     data_file = scratch[f"{'unpaired' if unpaired else 'pairs'}_{fmt}"]

@@ -1,6 +1,7 @@
 """Loss objects, one file per algorithm (see ``zoo.losses.base`` for the interface)."""
 
 from zoo.losses.base import Loss, LossOutput, SequenceLogps, SequenceScores
+from zoo.losses.cpo import CPOLoss
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ipo import IPOLoss
 from zoo.losses.kto import KTOLoss
@@ -8,6 +9,7 @@ from zoo.losses.orpo import ORPOLoss
 from zoo.losses.ppo import PPOLoss
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
+from zoo.losses.simpo import SimPOLoss
 
-__all__ = ["Loss", "LossOutput", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "DPOLoss", "IPOLoss",
-           "KTOLoss", "ORPOLoss", "PPOLoss", "SFTLoss"]
+__all__ = ["Loss", "LossOutput", "SequenceLogps", "SequenceScores", "BradleyTerryLoss", "CPOLoss", "DPOLoss",
+           "IPOLoss", "KTOLoss", "ORPOLoss", "PPOLoss", "SFTLoss", "SimPOLoss"]
