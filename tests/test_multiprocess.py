@@ -30,12 +30,14 @@ def losses(run_dir):
 
 # launched with the shipped accelerate configs: DDP as it is, and FSDP, which accelerate runs on GPUs only: on
 # CPU processes it trains data-parallel, and zoo says so
-@pytest.mark.parametrize(("algo", "launch_config"), [("dpo", "ddp"), ("kto", "fsdp_full")])
+@pytest.mark.parametrize(("algo", "launch_config"), [("dpo", "ddp"), ("kto", "fsdp_full"), ("simpo", None),
+                                                     ("cpo", None)])
 def test_two_processes_follow_the_one_process_run_with_the_same_global_batch(algo, launch_config, cache, tmp_path):
     zoo("train", f"algo={algo}", *COMMON, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}", cache=cache)
     two_procs = zoo("train", f"algo={algo}", *COMMON, "trainer.batch_size=4", "eval.num_prompts=4",
                     f"hydra.run.dir={tmp_path / 'two'}", cache=cache, processes=2, accelerate_config=launch_config)
     assert ("asks for FSDP, which accelerate runs on GPUs only" in two_procs.stdout) == (launch_config == "fsdp_full")
+    # (SimPO and CPO under torchrun; CPO's NLL is a token mean over both processes' chosen tokens)
     # one writer: the main process alone evaluates, saves the model and writes metrics.json and the summary
     assert two_procs.stdout.count(f"[zoo] {algo} seed 0 ->") == 1, two_procs.stdout[-2000:]
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
