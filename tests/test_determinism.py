@@ -2,22 +2,11 @@
 (timings, memory and cache hit counts aside). Slow: two runs per algorithm (measured time in
 docs/correctness.md)."""
 
-import json
-
 import pytest
 
-from zoo_cli import zoo
+from zoo_cli import results_of, zoo
 
 ALGOS = ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward", "ppo", "rlaif", "d_rlaif", "online_dpo"]
-NOT_RESULTS = ("seconds", "memory", "per_second", "elapsed_s", "reference_cache", "peak_memory_source")
-
-
-def results(run_dir):
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not any(word in k for word in NOT_RESULTS)}
-        return value
-    return strip(json.loads((run_dir / "metrics.json").read_text()))
 
 
 @pytest.mark.slow
@@ -26,5 +15,5 @@ def test_the_same_config_and_seed_twice_give_identical_metrics(algo, cache, tmp_
     for name in ("first", "second"):
         zoo("train", f"algo={algo}", "experiment=smoke", "eval.num_prompts=8", f"hydra.run.dir={tmp_path / name}",
             cache=cache)
-    first, second = results(tmp_path / "first"), results(tmp_path / "second")
+    first, second = results_of(tmp_path / "first"), results_of(tmp_path / "second")
     assert first["status"] == "finished" and first == second

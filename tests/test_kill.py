@@ -13,23 +13,10 @@ import time
 import pytest
 
 from zoo.files import read_jsonl
-from zoo_cli import zoo, zoo_command
+from zoo_cli import results_of, zoo, zoo_command
 
 COMMON = ["experiment=smoke", "trainer.max_steps=6", "trainer.save_every=2", "trainer.log_every=1",
           "eval.num_prompts=4"]
-# what differs between two runs of one config for reasons other than what was trained: time, memory, and how
-# many reference outputs came from the cache (a rerun finds the ones its first life stored)
-NOT_RESULTS = ("seconds", "memory", "per_second", "elapsed_s", "reference_cache", "peak_memory_source")
-
-
-def results(run_dir):
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not any(word in k for word in NOT_RESULTS)}
-        return value
-    return strip(json.loads((run_dir / "metrics.json").read_text()))
-
-
 def killed_then_rerun(args, run_dir, cache, kill_at):
     """``zoo train ARGS`` SIGKILLed at ``kill_at``, then the same command again; the rerun's output."""
     argv, env = zoo_command("train", *args, f"hydra.run.dir={run_dir}", cache=cache)
@@ -47,7 +34,7 @@ def uninterrupted(cache, tmp_path_factory):
         if algo not in done:
             run_dir = tmp_path_factory.mktemp(f"straight-{algo}")
             zoo("train", f"algo={algo}", *COMMON, f"hydra.run.dir={run_dir}", cache=cache)
-            done[algo] = results(run_dir)
+            done[algo] = results_of(run_dir)
         return done[algo]
     return get
 
@@ -57,7 +44,7 @@ def test_killed_while_writing_a_checkpoint_then_rerun_equals_the_uninterrupted_r
     step 2's and ends where the run never killed ended."""
     expected = uninterrupted("dpo")
     killed_then_rerun(["algo=dpo", *COMMON], tmp_path, cache, "checkpoint:2")
-    assert results(tmp_path) == expected
+    assert results_of(tmp_path) == expected
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 3, 4, 5, 6]  # resumed from step_2: steps 3-4 again
 
@@ -80,7 +67,7 @@ def test_killed_at_a_named_point_then_rerun_equals_the_uninterrupted_run(algo, k
     expected = uninterrupted(algo)
     own_judge_cache = [f"feedback.source.cache_dir={tmp_path / 'judge'}"] if kill_at.startswith("judge") else []
     rerun = killed_then_rerun([f"algo={algo}", *COMMON, *own_judge_cache], tmp_path / "run", cache, kill_at)
-    assert results(tmp_path / "run") == expected
+    assert results_of(tmp_path / "run") == expected
     if own_judge_cache:
         assert "skipped 1 unreadable line(s)" in rerun.stdout
     if kill_at.startswith("log"):  # the torn line alone is lost: the resumed run's lines after it are whole
@@ -108,7 +95,7 @@ def test_killed_at_a_moment_then_rerun_equals_the_uninterrupted_run(seconds, uni
     proc.kill()
     proc.wait()
     zoo("train", "algo=dpo", *COMMON, f"hydra.run.dir={tmp_path}", cache=cache)
-    assert results(tmp_path) == expected
+    assert results_of(tmp_path) == expected
     assert os.path.exists(tmp_path / "model" / "model.safetensors")
 
 

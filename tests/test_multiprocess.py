@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoo_cli import zoo, zoo_command
+from zoo_cli import log_of, zoo, zoo_command
 
 # 24 smoke pairs (48 KTO rows): a global batch of 8 divides them, so both runs see the same rows every step
 COMMON = ["experiment=smoke", "trainer.max_steps=5", "trainer.warmup_steps=3", "trainer.save_every=0",
@@ -56,9 +56,6 @@ PPO = ["algo=ppo", "experiment=smoke", "trainer.batch_size=4", "trainer.save_eve
        "algo.loss.whiten_advantages=false"]  # unwhitened, advantages carry the RM-score normalisation
 ROLLOUT_METRICS = ("objective/scores", "objective/gold", "rollout/length", "rollout/eos_rate", "objective/entropy")
 
-
-def log_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_two_process_ppo_builds_its_stages_once_reduces_its_rollouts_and_resumes_after_a_kill(tmp_path):

@@ -16,7 +16,7 @@ from zoo.feedback.base import RewardScorer
 from zoo.losses.dpo import DPOLoss
 from zoo.losses.ppo import PPOLoss
 from zoo.rollout import Experience
-from zoo_cli import zoo
+from zoo_cli import log_of, zoo
 
 CONF = Path(__file__).resolve().parents[1] / "zoo" / "conf"
 
@@ -84,9 +84,6 @@ def built(tmp_path_factory):
         run.train(config(algo, cache, "trainer.max_steps=1"), tmp_path_factory.mktemp(algo))
     return cache
 
-
-def log_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("quantity", FAULTS)

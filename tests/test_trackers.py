@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from zoo_cli import zoo
+from zoo_cli import log_of, zoo
 
 
 def tensorboard_scalars(directory):
@@ -29,9 +29,6 @@ def tensorboard_scalars(directory):
                     scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
 
-
-def log_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
-"""Running the real ``zoo`` command in a subprocess, offline, with the stage cache in a given directory."""
+"""Running the real ``zoo`` command in a subprocess, offline, with the stage cache in a given directory, and
+reading what a run wrote (``log_of``, ``results_of``)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +35,23 @@ def zoo(*args, cache, check=True, processes=1, accelerate_config=None, env=None)
         raise AssertionError(f"zoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                              f"{proc.stderr[-3000:]}")
     return proc
+
+
+# what differs between two runs of one config for reasons other than what was trained: time, memory, and how
+# many reference outputs came from the cache (a rerun finds the ones its first life stored)
+NOT_RESULTS = ("seconds", "memory", "per_second", "elapsed_s", "reference_cache", "peak_memory_source")
+
+
+def log_of(run_dir) -> list[dict]:
+    """A run's log.jsonl lines."""
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def results_of(run_dir) -> dict:
+    """A run's metrics.json without the keys in ``NOT_RESULTS`` (at any depth): what two runs of the same config
+    must agree on."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not any(word in k for word in NOT_RESULTS)}
+        return value
+    return strip(json.loads((run_dir / "metrics.json").read_text()))
