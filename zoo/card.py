@@ -9,13 +9,14 @@ held-out metrics, the exact command, and zoo's version and commit.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from zoo.compare import git_commit
 
 # metrics.json's held-out numbers a card shows, with what they mean
 CARD_METRICS = {
@@ -41,13 +42,7 @@ def zoo_version() -> dict:
         version = metadata.version("zoo")
     except metadata.PackageNotFoundError:
         version = None
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"version": version, "commit": commit}
+    return {"version": version, "commit": git_commit()["commit"]}
 
 
 def run_command() -> str:
