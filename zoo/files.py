@@ -7,16 +7,20 @@
   a file opened for appending, so processes sharing the file never interleave pieces of lines. A kill in
   the middle of that write can still leave a torn last line: the next append ends it first, so the lines
   after it stay whole, and :func:`read_jsonl` skips it and counts it.
+- :func:`locked`: an exclusive ``flock`` on ``PATH.lock`` for as long as a block runs (the stages, the hub
+  digests' ledger); the kernel releases it when its holder dies, however it dies.
 - :func:`kill_point`: named places where a test harness (``ZOO_KILL_AT``) kills the process with SIGKILL,
   to check that a rerun completes and equals an uninterrupted run. Without the variable it costs a lookup.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 KILL_ENV = "ZOO_KILL_AT"
@@ -35,6 +39,16 @@ def kill_point(name: str) -> None:
     _reached[name] += 1
     if _reached[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock on ``path``'s ``.lock`` sibling (created, with its folder, if missing) for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_atomically(path: str | Path, data: str | bytes, kill_name: str | None = None) -> None:

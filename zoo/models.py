@@ -9,7 +9,6 @@ it is a separate frozen copy.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -25,7 +24,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from zoo.files import write_atomically
+from zoo.files import locked, write_atomically
 from zoo.losses.base import SequenceLogps, SequenceScores
 
 # bitsandbytes 0.50 on a CPU with AVX-512 BF16 tries, when imported (peft imports it), to fetch a faster 4-bit
@@ -93,9 +92,7 @@ def verify_hub_weights(repo: str, revision: str | None = None) -> str:
                 h.update(block)
     digest, key = h.hexdigest(), f"{repo}@{folder.name}"  # the snapshot folder is named by its commit
     ledger = Path(os.environ.get(DIGESTS_ENV) or Path.home() / ".cache" / "zoo" / "hub-digests.json")
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    with open(ledger.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(ledger):
         recorded = json.loads(ledger.read_text()) if ledger.exists() else {}
         if key in recorded and recorded[key] != digest:
             raise ValueError(f"{repo} at commit {folder.name}: its weights' sha256 is {digest}, but {recorded[key]} "

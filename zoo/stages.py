@@ -25,7 +25,6 @@ written to a temp directory and renamed into place under a file lock, so paralle
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -34,7 +33,6 @@ import queue
 import shutil
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,7 +46,7 @@ from zoo.data.load import load_rows, read_rows, tokenize_rows
 from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
-from zoo.files import kill_point
+from zoo.files import kill_point, locked
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
@@ -133,20 +131,12 @@ def config_identity(node) -> dict | None:
     return strip(container)
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def cached_stage(cache_dir: str, name: str, key: str, build, output: str) -> Stage:
     """The stage ``cache_dir/name-key``, calling ``build(tmp_dir) -> info`` first if it does not exist yet;
     its ``output`` (a file or directory in it) is the stage's path, its ``stage.json`` its info."""
     started = time.perf_counter()
     final = Path(cache_dir) / f"{name}-{key}"
-    with _locked(final):
+    with locked(final):
         if not (final / "stage.json").exists():
             tmp = final.with_name(final.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
