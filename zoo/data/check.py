@@ -46,16 +46,16 @@ def schema_counts(rows: list, source: str) -> dict[str, Counter]:
     return counts
 
 
-def refused_rows(rows: list, kind: str, source: str) -> list[str]:
-    """Why each row that does not fit ``kind`` is refused (paired data read for an unpaired loss: as pairs)."""
+def refused_rows(rows: list, kind: str, source: str) -> dict[int, str]:
+    """Row number -> why that row does not fit ``kind`` (paired data read for an unpaired loss: as pairs)."""
     if kind == "unpaired" and is_paired(rows):
         kind = "pairs"
-    problems = []
+    problems = {}
     for i, row in enumerate(to_schema(rows, kind)):
         try:
             validate_row(row, i, kind, source)
         except DataError as err:
-            problems.append(str(err))
+            problems[i] = str(err)
     return problems
 
 
@@ -107,7 +107,7 @@ def check(cfg) -> int:
     problems = refused_rows(rows, kind, source)
     action = "skipped (data.skip_bad_rows=true)" if data.skip_bad_rows else "refused: the run stops at the first"
     print(f"rows the run cannot use: {len(problems) + unconverted}" + (f", {action}" if problems else ""))
-    for problem in problems[:SHOWN]:
+    for problem in list(problems.values())[:SHOWN]:
         print(f"  {problem}")
     if len(problems) > SHOWN:
         print(f"  ... and {len(problems) - SHOWN} more")
@@ -115,9 +115,8 @@ def check(cfg) -> int:
     repeated, identical = duplicates(rows)
     print(f"duplicate rows: {repeated}; pairs with identical chosen and rejected: {identical}")
 
-    bad = {int(p.split(": row ")[1].split(":")[0]) for p in problems}
     read_as = "pairs" if kind == "unpaired" and is_paired(rows) else kind
-    kept = [i for i in range(len(rows)) if i not in bad]  # the file's row numbers of the usable rows
+    kept = [i for i in range(len(rows)) if i not in problems]  # the file's row numbers of the usable rows
     valid = [to_schema([rows[i]], read_as)[0] for i in kept]
     too_long = 0
     if valid and read_as != kind:  # pairs for an unpaired loss: each pair's two rows carry its row number
@@ -127,7 +126,7 @@ def check(cfg) -> int:
             index, reason = str(err)[len(source) + len(": row "):].split(": ", 1)
             message = f"{source}: row {kept[int(index)]}: {reason}"  # the file's row number, not the usable rows'
             print(f"  {message}")
-            problems.append(message)
+            problems[kept[int(index)]] = message
             valid = []
     if valid:
         tokenizer = model_tokenizer(cfg.model)
