@@ -43,3 +43,12 @@ def test_clean_data_passes_with_its_token_lengths(tmp_path, capsys):
     status, out, _ = check(tmp_path, capsys, "algo=kto", rows=rows)
     assert status == 0 and "reads them as unpaired" in out and "rows the run cannot use: 0" in out
     assert "0 fill max_length (refused)" in out and "verdict: the run can read this data" in out
+
+
+def test_rows_of_unpaired_pairs_keep_their_file_numbers_past_the_first_thousand(tmp_path, capsys):
+    """Pairs read by KTO are unpaired 1,000 pairs at a time (TRL's order): a too-long prompt in pair 1,500 is
+    still named row 1500."""
+    rows = [{"prompt": f"Review {i}:", "chosen": " good.", "rejected": " bad."} for i in range(1600)]
+    rows[1500]["prompt"] = "word " * 600
+    status, out, _ = check(tmp_path, capsys, "algo=kto", rows=rows)
+    assert status == 1 and "1 fill max_length (refused: rows 1500)" in out

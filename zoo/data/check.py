@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from zoo.data.collate import BATCH_KINDS
 from zoo.data.formats import convert_rows
-from zoo.data.load import is_local_file, is_paired, read_hub, read_rows, to_schema, tokenize_rows, unpair
+from zoo.data.load import UNPAIR_BATCH, is_local_file, is_paired, read_hub, read_rows, to_schema, tokenize_rows, unpair
 from zoo.data.schema import DataError, validate_row
 
 SHOWN = 10  # refused rows listed one by one; the rest are counted
@@ -121,7 +121,9 @@ def check(cfg) -> int:
     too_long = 0
     if valid and read_as != kind:  # pairs for an unpaired loss: each pair's two rows carry its row number
         try:
-            valid, kept = unpair(valid, source), [i for side in (0, 1) for i in kept]
+            valid = unpair(valid, source)  # per UNPAIR_BATCH pairs: their chosen rows, then their rejected ones
+            kept = [i for start in range(0, len(kept), UNPAIR_BATCH) for _ in (0, 1)
+                    for i in kept[start:start + UNPAIR_BATCH]]
         except DataError as err:  # the pairs cannot become one table of unpaired rows
             index, reason = str(err)[len(source) + len(": row "):].split(": ", 1)
             message = f"{source}: row {kept[int(index)]}: {reason}"  # the file's row number, not the usable rows'
