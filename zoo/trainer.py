@@ -294,11 +294,15 @@ NONFINITE = ("loss", "reward", "advantage", "value")  # what a micro-step can fi
 def _agreed(accelerator: Accelerator, quantity: str | None) -> str | None:
     """The non-finite quantity any process found (the same answer on every process: all skip or all stop, none
     waits in a collective the others left), or None."""
-    if accelerator.num_processes == 1:
-        return quantity
-    code = torch.tensor(NONFINITE.index(quantity) + 1 if quantity else 0, device=accelerator.device)
-    code = int(accelerator.reduce(code, reduction="max"))
+    code = _most_over_processes(accelerator, NONFINITE.index(quantity) + 1 if quantity else 0)
     return NONFINITE[code - 1] if code else None
+
+
+def _most_over_processes(accelerator: Accelerator, value: int) -> int:
+    """The largest of every process's ``value`` (the value itself on one process): a decision all processes share."""
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="max"))
 
 
 def _injected_nan(loss: torch.Tensor, step: int, process: int) -> torch.Tensor:
@@ -468,9 +472,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
             print(f"[zoo] warning: no checkpoint at step {step}: it needs about {needs_bytes / 2**20:.0f} MB and "
                   f"{root} has {free / 2**20:.0f} MB free; training goes on, a crash would resume from the last "
                   f"one written", flush=True)
-    if accelerator.num_processes > 1:
-        short = int(accelerator.reduce(torch.tensor(short, device=accelerator.device), reduction="max"))
-    if short:
+    if _most_over_processes(accelerator, short):  # the main process's finding, for all
         return False
     tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
     accelerator.save_state(str(tmp), safe_serialization=True)
