@@ -161,9 +161,10 @@ def _train(cfg: DictConfig, run_dir: Path, main: bool) -> dict:
         reference_cache = ReferenceCache(Path(cfg.stages.cache_dir), {  # all the batch's log-probs depend on but it
             **reference_setting(cfg, built.reference), "all_tokens": loss_fn.needs_all_token_logps,
             "mixed_precision": cfg.trainer.mixed_precision})
+    tracking = tracking_of(cfg, run_dir) if cfg.trainer.report_to else None  # its config only when a tracker reads it
     result = fit(built.model, loss_fn, batches, cfg.trainer, run_dir, seed=cfg.seed,
                  reference=built.reference if loss_fn.needs_reference else None, desc=f"train {cfg.algo.name}",
-                 reference_cache=reference_cache, tracking=tracking_of(cfg, run_dir))
+                 reference_cache=reference_cache, tracking=tracking)
     peak, peak_source = peak_memory_mb(rss_reset)
     policy = built.policy
     save_kwargs = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") and len(policy.peft_config) > 1 \
