@@ -27,17 +27,18 @@ KILL_ENV = "ZOO_KILL_AT"
 _reached: Counter = Counter()
 
 
+def _aimed_at(name: str | None) -> bool:
+    """Whether ``ZOO_KILL_AT`` names the kill point ``name``."""
+    return bool(name) and os.environ.get(KILL_ENV, "").partition(":")[0] == name
+
+
 def kill_point(name: str) -> None:
     """SIGKILL this process at the N-th time it reaches ``name`` when ``ZOO_KILL_AT=name`` or ``name:N``
     (N counts from 1 in each process)."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    target, _, nth = spec.partition(":")
-    if target != name:
+    if not _aimed_at(name):
         return
     _reached[name] += 1
-    if _reached[name] == int(nth or 1):
+    if _reached[name] == int(os.environ[KILL_ENV].partition(":")[2] or 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -58,7 +59,7 @@ def write_atomically(path: str | Path, data: str | bytes, kill_name: str | None 
     blob = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        if kill_name:
+        if _aimed_at(kill_name):  # a test's kill: half the bytes written, then SIGKILL
             f.write(blob[: len(blob) // 2])
             f.flush()
             kill_point(kill_name)
@@ -79,7 +80,7 @@ def append_lines(path: str | Path, lines: list[str], kill_name: str | None = Non
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line a kill left: end it, so it alone is lost
             blob = b"\n" + blob
-        if kill_name and os.environ.get(KILL_ENV, "").partition(":")[0] == kill_name:
+        if _aimed_at(kill_name):  # a test's kill: all but half of the last line written, then SIGKILL
             cut = len(blob) - len(lines[-1].encode()) // 2 - 1
             os.write(fd, blob[:cut])
             kill_point(kill_name)
