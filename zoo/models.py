@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from zoo.files import locked, write_atomically
+from zoo.files import files_digest, locked, write_atomically
 from zoo.losses.base import SequenceLogps, SequenceScores
 
 # bitsandbytes 0.50 on a CPU with AVX-512 BF16 tries, when imported (peft imports it), to fetch a faster 4-bit
@@ -84,13 +83,7 @@ def verify_hub_weights(repo: str, revision: str | None = None) -> str:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return ""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 24), b""):
-                h.update(block)
-    digest, key = h.hexdigest(), f"{repo}@{folder.name}"  # the snapshot folder is named by its commit
+    digest, key = files_digest(files), f"{repo}@{folder.name}"  # the snapshot folder is named by its commit
     ledger = Path(os.environ.get(DIGESTS_ENV) or Path.home() / ".cache" / "zoo" / "hub-digests.json")
     with locked(ledger):
         recorded = json.loads(ledger.read_text()) if ledger.exists() else {}

@@ -46,7 +46,7 @@ from zoo.data.load import load_rows, read_rows, tokenize_rows
 from zoo.data.prompts import prompts_file
 from zoo.data.schema import DataError, validate_rows
 from zoo.evaluate import evaluate_reward_model
-from zoo.files import kill_point, locked
+from zoo.files import files_digest, kill_point, locked
 from zoo.losses.reward import BradleyTerryLoss
 from zoo.losses.sft import SFTLoss
 from zoo.models import apply_lora, load_causal_lm, load_reward_model, model_tokenizer, tokenizer_settings
@@ -92,12 +92,7 @@ class Prepared:
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes (or of every file under a directory, with their names)."""
     path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    return files_digest(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
 
 
 def identity(name_or_path: str | Path) -> str:
