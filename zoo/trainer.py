@@ -384,6 +384,10 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
     run_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn.needs_reference and reference is None:
         raise ValueError(f"{type(loss_fn).__name__} needs a reference model; pass reference=")
+    if cfg.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"trainer.on_nonfinite must be 'stop' or 'skip', got {cfg.on_nonfinite!r}")
+    if cfg.keep_checkpoints < 1:
+        raise ValueError(f"trainer.keep_checkpoints must be >= 1 (a resumed run needs one), got {cfg.keep_checkpoints}")
     t = _prepare(policy, cfg, source, reference, seed, run_dir)
     if cfg.report_to:  # the trackers (main process only: accelerate's rule) see what log.jsonl gets
         tracking = tracking or Tracking(run_dir.name, None, {})
@@ -395,10 +399,6 @@ def fit(policy: torch.nn.Module, loss_fn: Loss, source: BatchSource, cfg: Traine
     refresh = source.steps_per_refresh  # checkpoints fall on multiples of it (1 for datasets)
     save_every = -(-cfg.save_every // refresh) * refresh if cfg.save_every else 0
 
-    if cfg.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"trainer.on_nonfinite must be 'stop' or 'skip', got {cfg.on_nonfinite!r}")
-    if cfg.keep_checkpoints < 1:
-        raise ValueError(f"trainer.keep_checkpoints must be >= 1 (a resumed run needs one), got {cfg.keep_checkpoints}")
     window: list[dict[str, float]] = []
     skipped, skipped_since_log = 0, 0  # optimizer steps dropped for a non-finite quantity
     last_log: dict = {}
