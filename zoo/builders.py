@@ -6,6 +6,7 @@ them, and how the result is evaluated, one entry of :data:`MODEL_KINDS` per kind
 - ``scores``: a scalar-head reward model; one score per sequence; evaluated on held-out pairs.
 - ``policy_values``: PPO's policy + value model (trained together), reference and frozen reward scorer;
   log-probs and values per token; evaluated by sampling. The batches are its rollouts (``Experience``).
+- ``rollout_logps``: the same without a value model (RLOO, GRPO): the policy alone is trained on its rollouts.
 """
 
 from __future__ import annotations
@@ -103,11 +104,12 @@ def build_reward_model(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
     return Built(model, model, None)
 
 
-def _check_actor_critic(cfg: DictConfig, reward_path: str | None) -> None:
-    """Settings PPO's models cannot be built with, named before anything loads."""
+def _check_actor_critic(cfg: DictConfig, reward_path: str | None, critic: bool) -> None:
+    """Settings the models of a loss trained on rollouts cannot be built with, named before anything loads;
+    ``critic``: with PPO's value model."""
     algo = cfg.algo
     if algo.direct_judge:
-        if algo.value_init != "reference":
+        if critic and algo.value_init != "reference":
             raise ValueError("algo.direct_judge=true rewards rollouts with the judge's rating: there is no reward model "
                              "to start the value model from; set algo.value_init=reference")
         if not hasattr(get_object(cfg.feedback.source._target_), "score"):
@@ -115,14 +117,16 @@ def _check_actor_critic(cfg: DictConfig, reward_path: str | None) -> None:
                              f"feedback=llm_judge), but feedback={cfg.feedback.name} has none")
     elif reward_path is None:
         raise ValueError(f"algo={algo.name} scores rollouts with a reward model: add reward_model to algo.stages")
-    if algo.value_init not in ("reward", "reference"):
-        raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
     if cfg.peft.enabled and cfg.peft.dropout > 0:
-        raise ValueError(f"PPO needs peft.dropout=0 (got {cfg.peft.dropout}): old log-probs are taken without "
-                         f"dropout, so dropout in the update would make the ratio differ from 1 at the first step")
+        raise ValueError(f"algo={algo.name} needs peft.dropout=0 (got {cfg.peft.dropout}): old log-probs are taken "
+                         f"without dropout, so dropout in the update would make the ratio differ from 1 at the first step")
     adapter_rm = reward_path is not None and is_adapter_dir(reward_path)
     if adapter_rm and not cfg.peft.enabled:
         raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")
+    if not critic:
+        return
+    if algo.value_init not in ("reward", "reference"):
+        raise ValueError(f"algo.value_init must be 'reward' or 'reference', got {algo.value_init!r}")
     if cfg.peft.enabled and algo.value_init == "reward" and not adapter_rm:
         raise ValueError(f"algo.value_init=reward under peft=lora starts the value adapter from a LoRA reward model, "
                          f"but {reward_path} is a full model: set algo.value_init=reference")
@@ -139,9 +143,10 @@ def _check_same_vocabulary(policy_tokenizer, reward_tokenizer, reward_path: str)
                          f"id or none in {reward_path}'s vocabulary: set algo.value_init=reference")
 
 
-def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None
-                       ) -> Built:
-    """PPO's models: policy + value (trained together), the frozen reference and the frozen reward model.
+def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None,
+                       critic: bool = True) -> Built:
+    """PPO's models: policy + value (trained together), the frozen reference and the frozen reward model;
+    without the value model when ``critic`` is false (RLOO, GRPO).
 
     Without LoRA these are four models. With ``peft=lora`` there is one frozen base: the policy is
     adapter ``default``, the value model adapter ``value`` (+ head), the reference the base with
@@ -150,8 +155,8 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
     """
     m, algo = cfg.model, cfg.algo
     reward_path = None if algo.direct_judge or stages.reward_model is None else str(stages.reward_model.path)
-    _check_actor_critic(cfg, reward_path)
-    if algo.value_init == "reward" and reward_path is not None and not is_adapter_dir(reward_path):
+    _check_actor_critic(cfg, reward_path, critic)
+    if critic and algo.value_init == "reward" and reward_path is not None and not is_adapter_dir(reward_path):
         _check_same_vocabulary(tokenizer, load_tokenizer(reward_path, m.trust_remote_code), reward_path)  # before loading
     reference_path = str(stages.reference.path)
     policy, reference = _policy_and_reference(cfg, init_path, reference_path)
@@ -160,14 +165,16 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
         scorer = JudgeScorer(instantiate(cfg.feedback.source))
     else:
         scorer = reward_model_scorer(cfg, policy, reward_path, tokenizer)
-    if shared is not None and algo.value_init == "reward":
-        add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
-    elif shared is not None:
-        p = cfg.peft
-        add_fresh_adapter(policy, "value", p.r, p.alpha, p.dropout, p.target_modules)
-    value = value_model(reward_path if algo.value_init == "reward" else reference_path, policy.config.hidden_size,
-                        m.dtype, m.trust_remote_code, shared=shared)
-    model = ActorCritic(policy, value, checkpoint_value=algo.value_checkpointing)
+    value = None
+    if critic:
+        if shared is not None and algo.value_init == "reward":
+            add_adapter_from(policy, reward_path, "value", trainable=True)  # a copy of the RM's adapter; new zero head
+        elif shared is not None:
+            p = cfg.peft
+            add_fresh_adapter(policy, "value", p.r, p.alpha, p.dropout, p.target_modules)
+        value = value_model(reward_path if algo.value_init == "reward" else reference_path, policy.config.hidden_size,
+                            m.dtype, m.trust_remote_code, shared=shared)
+    model = ActorCritic(policy, value, checkpoint_value=algo.get("value_checkpointing", False))
     gold_fn = task.gold_reward if task else None
 
     def online_source(loss_fn: Loss, prompts: list) -> Experience:
@@ -175,11 +182,19 @@ def build_actor_critic(cfg: DictConfig, init_path: str, stages: Prepared, tokeni
                           cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, cfg.seed, cfg.data.max_length, gold_fn)
 
     info = {"reward_model": portable(reward_path, cfg.stages.cache_dir) if reward_path
-            else f"judge rating ({cfg.feedback.name})", "value_init": algo.value_init,
+            else f"judge rating ({cfg.feedback.name})",
             "reward_model_shares_base": shared is not None and reward_path is not None and is_adapter_dir(reward_path)}
+    if critic:
+        info["value_init"] = algo.value_init
     if reward_path and stages.reward_model.info:
         info["reward_model_stage"] = {k: v for k, v in stages.reward_model.info.items() if k.startswith("rm_")}
     return Built(model, policy, reference, online_source, info)
+
+
+def build_policy_on_rollouts(cfg: DictConfig, init_path: str, stages: Prepared, tokenizer, task: TaskMetrics | None
+                             ) -> Built:
+    """RLOO's and GRPO's models: PPO's (``build_actor_critic``) without the value model."""
+    return build_actor_critic(cfg, init_path, stages, tokenizer, task, critic=False)
 
 
 def reward_model_scorer(cfg: DictConfig, policy, reward_path: str, tokenizer) -> RewardScorer:
@@ -225,4 +240,5 @@ MODEL_KINDS = {
     "logps": ModelKind(sequence_logps, build_policy, evaluate_policy_run),
     "scores": ModelKind(sequence_scores, build_reward_model, evaluate_reward_run, eval_on_rows=True),
     "policy_values": ModelKind(policy_value_outputs, build_actor_critic, evaluate_policy_run),
+    "rollout_logps": ModelKind(policy_value_outputs, build_policy_on_rollouts, evaluate_policy_run),
 }

@@ -32,7 +32,7 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     """What every algorithm config has; PPO's and online feedback's own keys are in the schemas below,
-    which their YAML files name first in their defaults (``ppo_schema``, ``online_schema``)."""
+    which their YAML files name first in their defaults (``ppo_schema``, ``rollout_schema``, ``online_schema``)."""
 
     name: str = MISSING  # label used in run names and the report
     loss: Any = MISSING  # {_target_: zoo.losses.X, **constructor arguments}
@@ -43,13 +43,19 @@ class AlgoConfig:
 
 
 @dataclass
-class PPOAlgoConfig(AlgoConfig):
-    """PPO-RLHF and its variants (RLAIF, d-RLAIF): how rollouts are scored and the value model starts."""
+class RolloutAlgoConfig(AlgoConfig):
+    """An algorithm trained on its own rollouts (PPO, RLOO, GRPO and their RLAIF variants): how they are scored."""
 
     reward_model: str | None = None  # a trained RM dir (full model or LoRA adapter); null: the cached reward stage
+    direct_judge: bool = False  # d-RLAIF: rollouts scored by `feedback`'s judge rating (score mode), no reward model
+
+
+@dataclass
+class PPOAlgoConfig(RolloutAlgoConfig):
+    """PPO-RLHF and its variants (RLAIF, d-RLAIF): the rollouts' scoring and how the value model starts."""
+
     value_init: str = "reward"  # the value model's trunk: "reward" (the RM, Huang et al.) or "reference" (SFT)
     value_checkpointing: bool = False  # recompute the value trunk in backward: less memory, ~15% more update compute
-    direct_judge: bool = False  # d-RLAIF: rollouts scored by `feedback`'s judge rating (score mode), no reward model
 
 
 @dataclass
@@ -316,6 +322,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="compare_schema", node=CompareRootConfig)
     cs.store(group="algo", name="ppo_schema", node=PPOAlgoConfig)  # named first by algo/ppo.yaml's defaults
+    cs.store(group="algo", name="rollout_schema", node=RolloutAlgoConfig)  # and by algo/rloo.yaml's, grpo.yaml's
     cs.store(group="algo", name="online_schema", node=OnlineAlgoConfig)  # and by algo/online_dpo.yaml's
     if not OmegaConf.has_resolver("world_asset"):
         OmegaConf.register_new_resolver("world_asset", lambda name: str(WORLD_ASSETS / name))

@@ -786,17 +786,19 @@ def adapter_reward_model(peft_model: nn.Module, adapter_dir: str | Path, hidden_
 
 
 class ActorCritic(nn.Module):
-    """PPO's trained pair: the policy (a causal LM) and the value model, one optimizer for both.
+    """PPO's trained pair: the policy (a causal LM) and the value model, one optimizer for both; for a loss
+    without a value model (RLOO, GRPO: ``model_output="rollout_logps"``) the policy alone (``value=None``).
 
-    ``forward`` returns (token log-probs at ``temperature`` (N, T-1), values (N, T-1)); column t is about
-    token t+1, so the value is the one of the state the token was sampled in.
+    ``forward`` returns (token log-probs at ``temperature`` (N, T-1), values (N, T-1) or None); column t is
+    about token t+1, so the value is the one of the state the token was sampled in.
     """
 
-    def __init__(self, policy: nn.Module, value: ScalarHead, checkpoint_value: bool = False):
+    def __init__(self, policy: nn.Module, value: ScalarHead | None, checkpoint_value: bool = False):
         super().__init__()
         self.policy = policy
         self.value = value
-        value.checkpoint = checkpoint_value
+        if value is not None:
+            value.checkpoint = checkpoint_value
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
                 completion_mask: torch.Tensor | None = None):
@@ -804,7 +806,7 @@ class ActorCritic(nn.Module):
         # The value model runs first and, if checkpointed, keeps no activations; autograd then walks the
         # policy's graph first (it was built last), freeing it before the value trunk is recomputed, so
         # the update holds one network's activations at a time instead of both.
-        values = self.value(input_ids, attention_mask)[:, :-1]
+        values = None if self.value is None else self.value(input_ids, attention_mask)[:, :-1]
         if hasattr(self.policy, "peft_config"):  # the value / reward adapters may share this model
             with active_adapter(self.policy, "default"):
                 logps = token_logps(self.policy, input_ids, attention_mask, temperature, completion_mask)
@@ -814,12 +816,14 @@ class ActorCritic(nn.Module):
 
 
 def policy_value_outputs(model: nn.Module, batch: dict):
-    """A rollout minibatch (see ``zoo.rollout.Experience``) -> ``PolicyValueOutput`` for ``PPOLoss``."""
-    from zoo.losses.ppo import PolicyValueOutput
+    """A rollout minibatch (see ``zoo.rollout.Experience``) -> ``PolicyValueOutput`` for an ``OnPolicyLoss``
+    (values, old values and returns None without a value model)."""
+    from zoo.losses.on_policy import PolicyValueOutput
 
     mask = batch["completion_mask"][:, 1:].to(torch.float32)  # (N, T-1) response tokens
     logps, values = model(batch["input_ids"], batch["attention_mask"], batch["temperature"], mask)
     return PolicyValueOutput(
-        policy=SequenceLogps(token_logps=logps, completion_mask=mask), values=values * mask,  # logps: 0 off the mask
-        old_logps=batch["old_logps"], old_values=batch["old_values"], ref_logps=batch["ref_logps"],
-        advantages=batch["advantages"], returns=batch["returns"], kl_coef=batch["kl_coef"])
+        policy=SequenceLogps(token_logps=logps, completion_mask=mask),  # logps: 0 off the mask
+        values=None if values is None else values * mask, old_logps=batch["old_logps"],
+        old_values=batch.get("old_values"), ref_logps=batch["ref_logps"], advantages=batch["advantages"],
+        returns=batch.get("returns"), kl_coef=batch["kl_coef"])

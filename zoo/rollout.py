@@ -95,13 +95,17 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
 
 
 class Experience:
-    """PPO's batch source for ``fit``: per rollout batch,
+    """The batch source for ``fit`` of a loss trained on its own rollouts (an ``OnPolicyLoss``: PPO, RLOO,
+    GRPO): per rollout batch of ``rollout_size`` sequences,
 
-    1. take the next ``rollout_size`` prompts (a seeded shuffle, resumable like ``StepBatches``),
-    2. sample one completion each from the current policy (stop at EOS, cut after it),
-    3. score: old log-probs, reference log-probs (both at the sampling temperature), values, RM scores,
-       and the world's gold reward of the same texts when given (``objective/gold``: proxy vs gold),
-    4. rewards and GAE advantages through the loss (``PPOLoss.shape_rewards`` / ``advantages``),
+    1. take the next ``rollout_size / k`` prompts (a seeded shuffle, resumable like ``StepBatches``), where
+       k is the loss's ``samples_per_prompt`` (1 for PPO),
+    2. sample k completions each from the current policy (stop at EOS, cut after it); a prompt's k
+       completions are consecutive rows, the groups RLOO's and GRPO's baselines are taken over,
+    3. score: old log-probs, reference log-probs (both at the sampling temperature), values (when the loss
+       has a value model, ``value`` not None), RM scores, and the world's gold reward of the same texts when
+       given (``objective/gold``: proxy vs gold),
+    4. rewards and advantages through the loss (``shape_rewards`` / ``advantages``: GAE for PPO),
     5. yield ``ppo_epochs`` shuffled passes of minibatches (each split into ``grad_accum`` micro-batches).
 
     The KL controller and the RM-score normalisation live here and are checkpointed (``state_dict``). With
@@ -117,10 +121,17 @@ class Experience:
         self.scorer, self.tokenizer, self.prompts, self.settings = scorer, tokenizer, prompts, settings
         self.micro_batch, self.grad_accum, self.seed, self.process_seed = batch_size, grad_accum_steps, seed, seed
         self.max_length, self.gold_fn = max_length, gold_fn
-        self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches
-        if self.rollout_size > len(prompts):
-            raise ValueError(f"a rollout batch needs {self.rollout_size} prompts (trainer.batch_size x "
-                             f"grad_accum_steps x rollout.num_minibatches) but the data has {len(prompts)}")
+        self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches  # sequences
+        k = self.samples_per_prompt = loss_fn.samples_per_prompt
+        if self.rollout_size % k:
+            raise ValueError(f"a rollout batch of {self.rollout_size} sequences (trainer.batch_size x grad_accum_steps x "
+                             f"rollout.num_minibatches) is not a whole number of groups of "
+                             f"algo.loss.samples_per_prompt={k} completions")
+        self.prompts_per_rollout = self.rollout_size // k
+        if self.prompts_per_rollout > len(prompts):
+            raise ValueError(f"a rollout batch needs {self.prompts_per_rollout} prompts (trainer.batch_size x "
+                             f"grad_accum_steps x rollout.num_minibatches / algo.loss.samples_per_prompt) but the "
+                             f"data has {len(prompts)}")
         self.steps_per_refresh = settings.ppo_epochs * settings.num_minibatches
         self.kl_controller = loss_fn.kl_controller()
         self.score_mean: float | None = None  # RM-score normalisation, fixed on the first rollout
@@ -169,7 +180,7 @@ class Experience:
 
     def _generate(self, device, first_rollout: int, count: int):
         num_rollouts = -(-count // (self.steps_per_refresh * self.grad_accum))
-        order = StepBatches(len(self.prompts), self.rollout_size, self.process_seed, first_rollout,
+        order = StepBatches(len(self.prompts), self.prompts_per_rollout, self.process_seed, first_rollout,
                             first_rollout + num_rollouts)
         left = count
         for index, prompt_ids in zip(range(first_rollout, first_rollout + num_rollouts), order):
@@ -182,8 +193,10 @@ class Experience:
 
     @torch.no_grad()
     def rollout(self, prompts: list, index: int, device) -> tuple[dict, dict[str, float]]:
-        """Sample and score one rollout batch; returns its tensors (N, ...) and its metrics."""
-        s = self.settings
+        """Sample and score one rollout batch of ``samples_per_prompt`` completions for each of ``prompts``;
+        returns its tensors (N, ...), a prompt's completions in consecutive rows, and its metrics."""
+        s, k = self.settings, self.samples_per_prompt
+        prompts = [prompt for prompt in prompts for _ in range(k)]  # (N,) each prompt k times, side by side
         samples = sample(self.policy, self.tokenizer, prompts, s.max_new_tokens, s.temperature,
                          batch_size=len(prompts), seed=self.process_seed * 1_000_003 + index)
         rows = [{"prompt_ids": p, "completion_ids": c} for p, c in zip(samples.prompt_ids, samples.completion_ids)]
@@ -200,9 +213,11 @@ class Experience:
                 old.append(sequence_logps(self.policy, chunk, s.temperature).token_logps)
                 with self.reference.model(self.policy) as ref_model:
                     ref.append(sequence_logps(ref_model, chunk, s.temperature).token_logps)
-                values.append(self.value(chunk["input_ids"], chunk["attention_mask"])[:, :-1])
+                if self.value is not None:
+                    values.append(self.value(chunk["input_ids"], chunk["attention_mask"])[:, :-1])
         self.policy.train()
-        old_logps, ref_logps, old_values = torch.cat(old), torch.cat(ref), torch.cat(values).float() * mask
+        old_logps, ref_logps = torch.cat(old), torch.cat(ref)
+        old_values = torch.cat(values).float() * mask if self.value is not None else None
 
         # scores: the RM on the texts, normalised on the first rollout (the initial policy's samples, on
         # every process: each process's share of a rollout batch is normalised alike)
@@ -226,20 +241,24 @@ class Experience:
             else 0.0,
             "objective/rlhf_reward": rewards.sum(1).mean().item(),
             "objective/kl_coef": kl_coef,
-            "val/explained_variance_rollout": explained_variance(old_values, returns, mask).item(),
             "rollout/length": mask.sum(1).mean().item(),
             "rollout/eos_rate": ended.float().mean().item(),
         }
+        if old_values is not None:
+            metrics["val/explained_variance_rollout"] = explained_variance(old_values, returns, mask).item()
+        if k > 1:  # groups whose k rewards all tie give RLOO's and GRPO's baselines nothing to compare (TRL's name)
+            metrics["rollout/frac_reward_zero_std"] = (rewards.sum(1).view(-1, k).std(1) == 0).float().mean().item()
         if self.gold_fn is not None:
             metrics["objective/gold"] = sum(self.gold_fn(samples.texts)) / len(prompts)
         batch_kl = self.all_rows(seq_kl)  # the controller's input: the whole rollout batch's KL
         self.kl_controller.update(batch_kl.mean().item(), len(batch_kl))
-        rollout = {**seqs, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask, "old_values": old_values,
-                   "advantages": advantages, "returns": returns}
+        rollout = {**seqs, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask, "advantages": advantages}
+        if old_values is not None:
+            rollout.update(old_values=old_values, returns=returns)
         # a non-finite RM score, value or advantage marks every minibatch of the rollout: fit stops the run or
         # drops them (trainer.on_nonfinite), naming the quantity
         for quantity, values in (("reward", raw), ("value", old_values), ("advantage", advantages)):
-            if not torch.isfinite(values).all():
+            if values is not None and not torch.isfinite(values).all():
                 rollout["nonfinite"] = quantity
                 break
         return rollout, metrics

@@ -34,78 +34,35 @@ https://arxiv.org/abs/2403.17031) and where each one lives:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from zoo.losses import ppo_math
-from zoo.losses.base import Loss, LossOutput, SequenceLogps
+from zoo.losses.base import LossOutput
+from zoo.losses.on_policy import OnPolicyLoss, PolicyValueOutput
+
+__all__ = ["PPOLoss", "PolicyValueOutput"]
 
 
-@dataclass
-class PolicyValueOutput:
-    """The actor-critic's output on a rollout minibatch, next to the rollout's fixed targets.
-
-    All tensors (N, T-1), aligned with ``SequenceLogps`` (column t scores token t+1 of the sequence):
-    """
-
-    policy: SequenceLogps  # log pi_theta at the sampling temperature, with grad; .completion_mask = response
-    values: torch.Tensor  # V_phi(state before each token), with grad
-    old_logps: torch.Tensor  # log pi_old of the sampled tokens (the policy that generated them)
-    old_values: torch.Tensor  # V_old, for the clipped value loss
-    ref_logps: torch.Tensor  # log pi_ref, for kl_penalty="loss"
-    advantages: torch.Tensor  # GAE advantages, whitened over the rollout batch
-    returns: torch.Tensor  # value targets: advantages (before whitening) + V_old
-    kl_coef: float  # the KL coefficient in force for this rollout (the adaptive controller moves it)
-
-
-class PPOLoss(Loss):
+class PPOLoss(OnPolicyLoss):
     """Clipped PPO policy loss + clipped value loss; also holds the reward shaping and GAE settings."""
 
-    batch_kind = "prompts"  # the trainer gets rollout minibatches from an online source, not a dataset
-    needs_reference = False  # reference log-probs are taken once per rollout by the source
-    model_output = "policy_values"
+    model_output = "policy_values"  # a value model is built and trained beside the policy
 
     def __init__(self, clip_eps: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.1, kl_coef: float = 0.05,
                  kl_estimator: str = "k1", kl_penalty: str = "reward", adaptive_kl_target: float | None = None,
                  adaptive_kl_horizon: float = 10_000, gamma: float = 1.0, lam: float = 0.95,
                  whiten_advantages: bool = True, whiten_rewards: bool = False, normalize_scores: bool = True,
                  missing_eos_penalty: float | None = -1.0):
-        super().__init__()
-        if kl_estimator not in ppo_math.KL_KINDS:
-            raise ValueError(f"algo.loss.kl_estimator must be one of {ppo_math.KL_KINDS}, got {kl_estimator!r}")
-        if kl_penalty not in ("reward", "loss"):
-            raise ValueError(f"algo.loss.kl_penalty must be 'reward' or 'loss', got {kl_penalty!r}")
-        if clip_eps <= 0 or value_clip <= 0 or kl_coef < 0 or not 0 <= lam <= 1 or not 0 < gamma <= 1:
+        super().__init__(kl_coef, kl_estimator, kl_penalty, adaptive_kl_target, adaptive_kl_horizon, normalize_scores,
+                         missing_eos_penalty)
+        if clip_eps <= 0 or value_clip <= 0 or not 0 <= lam <= 1 or not 0 < gamma <= 1:
             raise ValueError("PPO needs clip_eps > 0, value_clip > 0, kl_coef >= 0, 0 <= lam <= 1, 0 < gamma <= 1")
         self.clip_eps, self.value_clip, self.vf_coef = clip_eps, value_clip, vf_coef
-        self.kl_coef, self.kl_estimator, self.kl_penalty = kl_coef, kl_estimator, kl_penalty
-        self.adaptive_kl_target, self.adaptive_kl_horizon = adaptive_kl_target, adaptive_kl_horizon
         self.gamma, self.lam = gamma, lam
         self.whiten_advantages, self.whiten_rewards = whiten_advantages, whiten_rewards
-        self.normalize_scores, self.missing_eos_penalty = normalize_scores, missing_eos_penalty
 
-    # --- targets, computed once per rollout batch (no grad) ---
-
-    def kl_controller(self):
-        """Ziegler et al.'s adaptive controller if a target KL (nats per sequence) is set, else a fixed one."""
-        if self.adaptive_kl_target is not None:
-            return ppo_math.AdaptiveKLController(self.kl_coef, self.adaptive_kl_target, self.adaptive_kl_horizon)
-        return ppo_math.FixedKLController(self.kl_coef)
-
-    @torch.no_grad()
-    def shape_rewards(self, scores: torch.Tensor, ended: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor,
-                      mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) scores -> per-token rewards (B, T) and the per-token KL estimate (B, T).
-
-        A response without EOS scores ``missing_eos_penalty`` instead of its RM score. With
-        ``kl_penalty="loss"`` the rewards carry the score only and the KL goes into the loss.
-        """
-        if self.missing_eos_penalty is not None:
-            scores = ppo_math.eos_penalty(scores, ended, self.missing_eos_penalty)
-        coef = kl_coef if self.kl_penalty == "reward" else 0.0
-        rewards, kl = ppo_math.token_rewards(scores, logps, ref_logps, mask, coef, self.kl_estimator)
-        return rewards, kl
+    # --- targets, computed once per rollout batch (no grad); shape_rewards is OnPolicyLoss's ---
 
     @torch.no_grad()
     def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
