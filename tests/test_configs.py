@@ -11,7 +11,7 @@ from zoo.config import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "zoo" / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
-EXPECTED_YAML_FILES = 89  # update when a config is added: the glob must not silently find nothing
+EXPECTED_YAML_FILES = 93  # update when a config is added: the glob must not silently find nothing
 
 
 def compose_train(overrides=()):
@@ -131,6 +131,19 @@ def test_ppo_and_online_feedback_keys_live_in_their_own_schemas():
         compose_train(["algo=dpo", "algo.value_init=reference"])
     assert compose_train(["algo=rlaif", "algo.value_init=reference"]).algo.value_init == "reference"
     assert compose_train(["algo=online_dpo"]).algo.online_feedback is True
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_algos_take_rollout_keys_but_no_value_keys(algo):
+    """RLOO and GRPO score rollouts as PPO does (reward_model, direct_judge) but have no value model: PPO's value
+    keys fail at compose time. They pick one update per rollout batch, which the command line can still change."""
+    cfg = compose_train([f"algo={algo}"])
+    assert {"reward_model", "direct_judge"} <= set(cfg.algo) and not {"value_init", "value_checkpointing"} & set(cfg.algo)
+    assert (cfg.rollout.num_minibatches, cfg.rollout.ppo_epochs) == (1, 1)
+    assert compose_train([f"algo={algo}", "rollout.ppo_epochs=2"]).rollout.ppo_epochs == 2
+    assert compose_train(["algo=ppo"]).rollout.ppo_epochs == 4  # PPO keeps its own
+    with pytest.raises(ConfigCompositionException):
+        compose_train([f"algo={algo}", "algo.value_init=reference"])
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "algo").glob("*.yaml")), ids=lambda p: p.stem)

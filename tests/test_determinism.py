@@ -6,7 +6,8 @@ import pytest
 
 from zoo_cli import results_of, zoo
 
-ALGOS = ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward", "ppo", "rlaif", "d_rlaif", "online_dpo"]
+ALGOS = ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward", "ppo", "rlaif", "d_rlaif", "online_dpo",
+         "rloo", "grpo"]
 
 
 @pytest.mark.slow

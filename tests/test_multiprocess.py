@@ -116,3 +116,24 @@ def test_two_process_online_dpo_logs_the_pairs_of_both_processes(cache, tmp_path
     for name in ("online/label_confidence", "online/chosen_length", "online/gold_margin", "logps/chosen"):
         assert two[0][name] == pytest.approx((alone[0][name] + alone[1][name]) / 2, abs=1e-5), name
     assert alone[0]["online/label_confidence"] != pytest.approx(alone[1]["online/label_confidence"], abs=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_two_process_critic_free_rollouts_keep_each_group_on_its_process(algo, cache, tmp_path):
+    """RLOO and GRPO: each process samples k completions for each of its own prompts, so a group (and its
+    baseline) lives on one process, as in a 1-process run with that process's seed (seed + 7919 i); step 1 (the
+    reference's rollouts) logs the mean of the two 1-process runs' rollout metrics and loss."""
+    common = [f"algo={algo}", "experiment=smoke", "trainer.batch_size=4", "eval.num_prompts=0", "trainer.log_every=1",
+              "trainer.cpu_threads=1", "trainer.save_every=0"]
+    zoo("train", *common, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'two'}", cache=cache, processes=2)
+    two = log_of(tmp_path / "two")
+    assert [row["step"] for row in two] == [1, 2]
+    alone = []
+    for seed in (0, 7919):
+        zoo("train", *common, "trainer.max_steps=1", f"seed={seed}", f"hydra.run.dir={tmp_path / f'alone{seed}'}",
+            cache=cache)
+        alone.append(log_of(tmp_path / f"alone{seed}")[0])
+    for name in ("loss", "objective/kl", "rollout/frac_reward_zero_std", *ROLLOUT_METRICS):
+        assert two[0][name] == pytest.approx((alone[0][name] + alone[1][name]) / 2, abs=1e-5), name
+    assert alone[0]["objective/scores"] != pytest.approx(alone[1]["objective/scores"], abs=1e-4)  # not trivially
+

@@ -14,6 +14,7 @@ from zoo import run
 from zoo.config import register_configs
 from zoo.feedback.base import RewardScorer
 from zoo.losses.dpo import DPOLoss
+from zoo.losses.grpo import GRPOLoss
 from zoo.losses.ppo import PPOLoss
 from zoo.rollout import Experience
 from zoo_cli import log_of, zoo
@@ -64,7 +65,8 @@ def rollout_values_on_call(monkeypatch, nth):
     monkeypatch.setattr(Experience, "batches", batches)
 
 
-# (algo, the quantity's name, where it turns NaN, the step it is caught at); smoke PPO: 2 steps per rollout
+# quantity[/algo] -> (algo, where it turns NaN, the step it is caught at); smoke PPO, RLOO and GRPO: 2 steps per
+# rollout
 FAULTS = {
     "loss": ("dpo", lambda mp: mp.setenv("ZOO_NAN_AT", "loss:3"), 3),
     "gradient norm": ("dpo", lambda mp: nan_on_call(mp, DPOLoss, "forward", 3, nan_gradient), 3),
@@ -72,6 +74,9 @@ FAULTS = {
     "advantage": ("ppo", lambda mp: nan_on_call(mp, PPOLoss, "advantages",  2,
                                                  lambda out: (out[0] * float("nan"), out[1])), 3),
     "value": ("ppo", lambda mp: rollout_values_on_call(mp, 2), 3),
+    "reward/rloo": ("rloo", lambda mp: nan_on_call(mp, RewardScorer, "__call__", 2, lambda s: s * float("nan")), 3),
+    "advantage/grpo": ("grpo", lambda mp: nan_on_call(mp, GRPOLoss, "advantages", 2,
+                                                      lambda out: (out[0] * float("nan"), out[1])), 3),
 }
 
 
@@ -86,9 +91,10 @@ def built(tmp_path_factory):
 
 
 
-@pytest.mark.parametrize("quantity", FAULTS)
-def test_a_nonfinite_quantity_stops_the_run_naming_it_and_its_step(quantity, built, monkeypatch, tmp_path):
-    algo, inject, step = FAULTS[quantity]
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_nonfinite_quantity_stops_the_run_naming_it_and_its_step(fault, built, monkeypatch, tmp_path):
+    algo, inject, step = FAULTS[fault]
+    quantity = fault.split("/")[0]
     inject(monkeypatch)
     with pytest.raises(FloatingPointError, match=f"non-finite {quantity}.* at step {step};"):
         run.train(config(algo, built), tmp_path / "run")
@@ -97,12 +103,12 @@ def test_a_nonfinite_quantity_stops_the_run_naming_it_and_its_step(quantity, bui
     assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").exists()  # the last good one
 
 
-@pytest.mark.parametrize("quantity", FAULTS)
-def test_skip_drops_the_batch_and_counts_it(quantity, built, monkeypatch, tmp_path):
-    algo, inject, step = FAULTS[quantity]
+@pytest.mark.parametrize("fault", FAULTS)
+def test_skip_drops_the_batch_and_counts_it(fault, built, monkeypatch, tmp_path):
+    algo, inject, step = FAULTS[fault]
     inject(monkeypatch)
     metrics = run.train(config(algo, built, "trainer.on_nonfinite=skip"), tmp_path / "run")
-    dropped = 2 if algo == "ppo" and quantity != "gradient norm" else 1  # a bad rollout: both of its minibatches
+    dropped = 2 if algo in ("ppo", "rloo", "grpo") else 1  # a bad rollout: both of its minibatches
     assert metrics["status"] == "finished" and metrics["nonfinite_skipped_steps"] == dropped
     log = {row["step"]: row for row in log_of(tmp_path / "run")}
     assert [log[s].get("nonfinite_skipped") for s in range(1, 7)] == [

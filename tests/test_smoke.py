@@ -87,6 +87,25 @@ def test_ppo_runs(peft, cache, tmp_path):
         assert not (tmp_path / "model" / "value").exists() and not (tmp_path / "model" / "reward").exists()
 
 
+CRITIC_FREE_LOG_KEYS = {"objective/kl", "objective/entropy", "objective/scores", "objective/gold", "policy/approxkl",
+                       "policy/clipfrac", "policy/pg_loss", "rollout/frac_reward_zero_std"}
+
+
+@pytest.mark.parametrize(("algo", "peft"), [("rloo", "none"), ("grpo", "lora")])
+def test_critic_free_algos_run(algo, peft, cache, tmp_path):
+    """RLOO and GRPO through Hydra: reward stage -> k rollouts per prompt -> updates of the policy alone (no value
+    model, so no val/ metrics and no value_init); under LoRA the RM is an adapter of the one base."""
+    zoo("train", f"algo={algo}", f"peft={peft}", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
+    metrics, log = check_run_dir(tmp_path, algo)
+    assert CRITIC_FREE_LOG_KEYS <= set(log[0]) and CRITIC_FREE_LOG_KEYS <= set(log[-1])
+    assert not any(key.startswith("val/") for key in log[0]) and "value_init" not in metrics
+    assert ("policy/kl_loss" in log[0]) is (algo == "grpo")  # GRPO's KL is a loss term, RLOO's a reward penalty
+    assert metrics["reward_model_shares_base"] is (peft == "lora")
+    assert (tmp_path / "checkpoints" / "step_2").is_dir()
+    if peft == "lora":
+        assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+
+
 def test_lora_saves_only_the_adapter(cache, tmp_path):
     zoo("train", "algo=dpo", "peft=lora", "experiment=smoke", f"hydra.run.dir={tmp_path}", cache=cache)
     check_run_dir(tmp_path, "dpo")
