@@ -68,6 +68,26 @@ def test_every_method_starts_from_the_same_model_pairs_and_eval(plan_name, no_fe
     assert plan.best_of_n_prompts <= run.eval.num_prompts and max(plan.best_of_n) <= plan.best_of_n_pool
 
 
+@pytest.mark.parametrize("plan_name", ["recent", "smollm2_recent"])
+def test_the_recent_methods_run_beside_their_anchors_on_the_anchors_budgets(plan_name, no_fetch):
+    """compare=recent (the world, 3 seeds) and smollm2_recent: RLOO, GRPO, SimPO and CPO with PPO and DPO from
+    the same reference, pairs and eval; RLOO and GRPO on PPO's budget (steps, rate, batch, rollouts), SimPO and
+    CPO on DPO's, each with its own loss."""
+    plan, runs = planned_runs(plan_name, no_fetch)
+    assert {run.algo.name for run in runs} == {"rloo", "grpo", "ppo", "simpo", "cpo", "dpo"}
+    assert len(runs) == 6 * len(plan.seeds) and len(plan.seeds) == (3 if plan_name == "recent" else 1)
+    assert len({shared(run) for run in runs}) == 1 and {run.feedback.name for run in runs} == {"gold"}
+    first = {run.algo.name: run for run in runs if run.seed == plan.seeds[0]}
+    for new, anchor in (("rloo", "ppo"), ("grpo", "ppo"), ("simpo", "dpo"), ("cpo", "dpo")):
+        budget = ("max_steps", "learning_rate", "batch_size", "grad_accum_steps", "warmup_steps")
+        assert [first[new].trainer[k] for k in budget] == [first[anchor].trainer[k] for k in budget], new
+        assert first[new].algo.loss._target_ != first[anchor].algo.loss._target_
+    for new in ("rloo", "grpo"):
+        assert OmegaConf.to_container(first[new].rollout) == OmegaConf.to_container(first["ppo"].rollout)
+        # k = 4 samples of a quarter as many prompts: the same sequences per rollout as PPO's
+        assert first[new].algo.loss.samples_per_prompt == 4
+
+
 def test_the_cpu_preset_is_one_seed_on_shortened_budgets(no_fetch):
     plan, runs = planned_runs("smollm2", no_fetch)
     assert list(plan.seeds) == [0] and plan.n_jobs == 1 and len(runs) == 6
