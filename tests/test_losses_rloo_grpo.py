@@ -191,3 +191,21 @@ def test_declarations_the_rollout_machinery_reads():
 def test_bad_constructor_arguments_fail_clearly(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_rollout_batch_holds_whole_groups_of_k():
+    """``Experience`` samples k completions for each of rollout_size / k prompts (rollout_size = batch_size x
+    grad_accum_steps x num_minibatches sequences) and refuses sizes that split a group or want more prompts
+    than the data has, naming the keys."""
+    from zoo.config import RolloutConfig
+    from zoo.rollout import Experience
+
+    def experience(k, prompts, batch_size):
+        return Experience(RLOOLoss(samples_per_prompt=k), None, None, None, None, None, ["a prompt"] * prompts,
+                          RolloutConfig(num_minibatches=2), batch_size=batch_size, grad_accum_steps=1, seed=0)
+
+    assert (experience(4, 4, 8).rollout_size, experience(4, 4, 8).prompts_per_rollout) == (16, 4)
+    with pytest.raises(ValueError, match="not a whole number of groups of algo.loss.samples_per_prompt=3"):
+        experience(3, 100, 8)
+    with pytest.raises(ValueError, match="needs 8 prompts .* the data has 7"):
+        experience(2, 7, 8)
