@@ -119,7 +119,8 @@ def _check_actor_critic(cfg: DictConfig, reward_path: str | None, critic: bool) 
         raise ValueError(f"algo={algo.name} scores rollouts with a reward model: add reward_model to algo.stages")
     if cfg.peft.enabled and cfg.peft.dropout > 0:
         raise ValueError(f"algo={algo.name} needs peft.dropout=0 (got {cfg.peft.dropout}): old log-probs are taken "
-                         f"without dropout, so dropout in the update would make the ratio differ from 1 at the first step")
+                         f"without dropout, so dropout in the update would make the ratio differ from 1 at the first "
+                         f"step")
     adapter_rm = reward_path is not None and is_adapter_dir(reward_path)
     if adapter_rm and not cfg.peft.enabled:
         raise ValueError(f"algo.reward_model={reward_path} is a LoRA adapter; it needs peft=lora (one shared base)")

@@ -124,8 +124,8 @@ class Experience:
         self.rollout_size = batch_size * grad_accum_steps * settings.num_minibatches  # sequences
         k = self.samples_per_prompt = loss_fn.samples_per_prompt
         if self.rollout_size % k:
-            raise ValueError(f"a rollout batch of {self.rollout_size} sequences (trainer.batch_size x grad_accum_steps x "
-                             f"rollout.num_minibatches) is not a whole number of groups of "
+            raise ValueError(f"a rollout batch of {self.rollout_size} sequences (trainer.batch_size x grad_accum_steps "
+                             f"x rollout.num_minibatches) is not a whole number of groups of "
                              f"algo.loss.samples_per_prompt={k} completions")
         self.prompts_per_rollout = self.rollout_size // k
         if self.prompts_per_rollout > len(prompts):

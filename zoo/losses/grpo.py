@@ -28,7 +28,7 @@ import torch
 
 from zoo.losses import ppo_math
 from zoo.losses.base import LossOutput
-from zoo.losses.on_policy import OnPolicyLoss, PolicyValueOutput
+from zoo.losses.on_policy import OnPolicyLoss, PolicyValueOutput, check_group_settings
 
 # TRL's GRPOTrainer divides by std + 1e-4
 STD_EPS = 1e-4
@@ -70,11 +70,7 @@ class GRPOLoss(OnPolicyLoss):
                  missing_eos_penalty: float | None = -1.0):
         super().__init__(kl_coef, kl_estimator, kl_penalty, adaptive_kl_target, adaptive_kl_horizon, normalize_scores,
                          missing_eos_penalty)
-        if samples_per_prompt < 2:
-            raise ValueError(f"algo.loss.samples_per_prompt must be >= 2 (a group needs two samples to compare), "
-                             f"got {samples_per_prompt}")
-        if clip_eps <= 0:
-            raise ValueError(f"algo.loss.clip_eps must be > 0, got {clip_eps}")
+        check_group_settings(samples_per_prompt, clip_eps)
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"algo.loss.loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         if scale_rewards not in SCALE_REWARDS:
@@ -99,7 +95,8 @@ class GRPOLoss(OnPolicyLoss):
         log_ratio = logps - out.old_logps  # (N, T-1)
         ratio = torch.exp(log_ratio)
         advantages = out.advantages  # (N, T-1), constant along each row's response
-        per_token = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - self.clip_eps, 1 + self.clip_eps))
+        clipped = torch.clamp(ratio, 1 - self.clip_eps, 1 + self.clip_eps)
+        per_token = torch.max(-advantages * ratio, -advantages * clipped)  # (N, T-1)
         with torch.no_grad():
             tokens = mask.sum(1).clamp(min=1)  # (N,)
             metrics = {"policy/pg_loss": (per_token * mask).sum(1) / tokens,

@@ -101,3 +101,13 @@ class OnPolicyLoss(Loss):
         """(advantages (B, T), returns (B, T) or None) of a rollout batch; ``over_processes`` sums a tensor
         over the processes holding the rest of it (for statistics over the whole batch)."""
         raise NotImplementedError
+
+
+def check_group_settings(samples_per_prompt: int, clip_eps: float) -> None:
+    """The arguments every loss with a baseline from a prompt's other samples (RLOO, GRPO) checks first."""
+    if samples_per_prompt < 2:
+        raise ValueError(f"algo.loss.samples_per_prompt must be >= 2 (the baseline is taken from a prompt's other "
+                         f"samples), got {samples_per_prompt}")
+    if clip_eps <= 0:
+        raise ValueError(f"algo.loss.clip_eps must be > 0, got {clip_eps}")
+

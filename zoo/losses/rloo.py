@@ -30,7 +30,7 @@ import torch
 
 from zoo.losses import ppo_math
 from zoo.losses.base import LossOutput
-from zoo.losses.on_policy import OnPolicyLoss, PolicyValueOutput, sequence_advantages
+from zoo.losses.on_policy import OnPolicyLoss, PolicyValueOutput, check_group_settings, sequence_advantages
 
 
 def leave_one_out_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,11 +56,7 @@ class RLOOLoss(OnPolicyLoss):
                  missing_eos_penalty: float | None = -1.0):
         super().__init__(kl_coef, kl_estimator, kl_penalty, adaptive_kl_target, adaptive_kl_horizon, normalize_scores,
                          missing_eos_penalty)
-        if samples_per_prompt < 2:
-            raise ValueError(f"algo.loss.samples_per_prompt must be >= 2 (a leave-one-out baseline needs a sibling), "
-                             f"got {samples_per_prompt}")
-        if clip_eps <= 0:
-            raise ValueError(f"algo.loss.clip_eps must be > 0, got {clip_eps}")
+        check_group_settings(samples_per_prompt, clip_eps)
         self.samples_per_prompt, self.clip_eps = samples_per_prompt, clip_eps
 
     @torch.no_grad()
