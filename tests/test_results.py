@@ -22,7 +22,7 @@ def test_committed_results_carry_no_absolute_paths():
     assert not found, found[:10]
 
 
-@pytest.mark.parametrize("name", ["world", "frontier", "smollm2", "smollm2_presets", "recent"])
+@pytest.mark.parametrize("name", ["world", "frontier", "smollm2", "smollm2_presets", "recent", "smollm2_recent"])
 def test_report_on_a_moved_copy_gives_the_committed_table(name, tmp_path):
     copy = tmp_path / "elsewhere" / name
     shutil.copytree(RESULTS / name, copy, ignore=shutil.ignore_patterns("*.png"))
