@@ -122,9 +122,11 @@ def test_two_process_online_dpo_logs_the_pairs_of_both_processes(cache, tmp_path
 def test_two_process_critic_free_rollouts_keep_each_group_on_its_process(algo, cache, tmp_path):
     """RLOO and GRPO: each process samples k completions for each of its own prompts, so a group (and its
     baseline) lives on one process, as in a 1-process run with that process's seed (seed + 7919 i); step 1 (the
-    reference's rollouts) logs the mean of the two 1-process runs' rollout metrics and loss."""
+    reference's rollouts) logs the mean of the two 1-process runs' rollout metrics and loss. The RM scores are
+    left unnormalised: their normalisation is over every process's first rollout (as PPO's), which a 1-process
+    run cannot reproduce, and it would move the advantages of the rows that end with EOS."""
     common = [f"algo={algo}", "experiment=smoke", "trainer.batch_size=4", "eval.num_prompts=0", "trainer.log_every=1",
-              "trainer.cpu_threads=1", "trainer.save_every=0"]
+              "trainer.cpu_threads=1", "trainer.save_every=0", "algo.loss.normalize_scores=false"]
     zoo("train", *common, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'two'}", cache=cache, processes=2)
     two = log_of(tmp_path / "two")
     assert [row["step"] for row in two] == [1, 2]
