@@ -51,7 +51,8 @@ def test_arms_are_the_comparisons_and_reach_the_runs_through_the_search_path(tmp
     assert "+arm=dpo,ipo" in command and "eval.num_prompts=8" in command
     searchpath = next(o for o in command if o.startswith("hydra.searchpath="))
     arms = Path(searchpath.split("file://")[1].rstrip("]")) / "arm"
-    assert sorted(p.stem for p in arms.glob("*.yaml")) == ["dpo", "ipo", "kto", "orpo", "ppo", "rlaif"]
+    assert sorted(p.stem for p in arms.glob("*.yaml")) == ["cpo", "dpo", "grpo", "ipo", "kto", "orpo", "ppo", "rlaif", "rloo",
+                                                              "simpo"]
     assert not any(o.startswith("hydra.searchpath") for o in sweep_command(["algo=dpo"], [0], [], tmp_path,
                                                                            "basic", 2))
 
