@@ -118,7 +118,8 @@ def test_two_process_online_dpo_logs_the_pairs_of_both_processes(cache, tmp_path
     assert alone[0]["online/label_confidence"] != pytest.approx(alone[1]["online/label_confidence"], abs=1e-6)
 
 
-@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+# RLOO's run differs from GRPO's in the loss alone (unit-tested); it is in the slow set to keep the suite's time
+@pytest.mark.parametrize("algo", [pytest.param("rloo", marks=pytest.mark.slow), "grpo"])
 def test_two_process_critic_free_rollouts_keep_each_group_on_its_process(algo, cache, tmp_path):
     """RLOO and GRPO: each process samples k completions for each of its own prompts, so a group (and its
     baseline) lives on one process, as in a 1-process run with that process's seed (seed + 7919 i); step 1 (the
