@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -133,6 +134,21 @@ class Loss(nn.Module):
         """The tokens of a collated micro-batch that ``LossOutput.token_loss`` sums over (the same count
         as the forward's ``num_tokens``); None for a loss without a token-mean term."""
         return None
+
+
+def check_preference_settings(beta: float, label_smoothing: float) -> None:
+    """The arguments of a sigmoid preference loss with cDPO smoothing (DPO, SimPO, CPO), checked alike."""
+    if beta <= 0:
+        raise ValueError(f"algo.loss.beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"algo.loss.label_smoothing must lie in [0, 0.5), got {label_smoothing}")
+
+
+def smoothed_sigmoid_loss(h: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """-(1 - eps) log sigmoid(h) - eps log sigmoid(-h), elementwise: the Bradley-Terry loss of a margin h with
+    the label flipped with probability eps (cDPO; Mitchell 2023), as DPO, SimPO and CPO use it."""
+    eps = label_smoothing
+    return -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
 
 
 def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

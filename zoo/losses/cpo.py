@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import (Loss, LossOutput, SequenceLogps, check_preference_settings, reward_metrics,
+                             smoothed_sigmoid_loss, split_pairs)
 
 
 class CPOLoss(Loss):
@@ -36,19 +36,15 @@ class CPOLoss(Loss):
 
     def __init__(self, beta: float = 0.1, alpha: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"algo.loss.beta must be > 0, got {beta}")
+        check_preference_settings(beta, label_smoothing)
         if alpha < 0:
             raise ValueError(f"algo.loss.alpha (the NLL weight) must be >= 0, got {alpha}")
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"algo.loss.label_smoothing must lie in [0, 0.5), got {label_smoothing}")
         self.beta, self.alpha, self.label_smoothing = beta, alpha, label_smoothing
 
     def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None) -> LossOutput:
         chosen, rejected = split_pairs(policy.logps.float())  # (B,), (B,) summed completion log-probs
         h = self.beta * (chosen - rejected)  # (B,)
-        eps = self.label_smoothing
-        prefer = -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+        prefer = smoothed_sigmoid_loss(h, self.label_smoothing)
         chosen_token_logps, _ = split_pairs(policy.token_logps.float() * policy.completion_mask)  # (B, T-1)
         chosen_nll_sums = -chosen_token_logps.sum(dim=-1)  # (B,)
         num_tokens = split_pairs(policy.completion_mask.float())[0].sum()  # this micro-batch's chosen tokens

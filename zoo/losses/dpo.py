@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 
-from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import (Loss, LossOutput, SequenceLogps, check_preference_settings, reward_metrics,
+                             smoothed_sigmoid_loss, split_pairs)
 
 
 class DPOLoss(Loss):
@@ -30,10 +30,7 @@ class DPOLoss(Loss):
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"algo.loss.beta must be > 0, got {beta}")
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"algo.loss.label_smoothing must lie in [0, 0.5), got {label_smoothing}")
+        check_preference_settings(beta, label_smoothing)
         self.beta = beta
         self.label_smoothing = label_smoothing
 
@@ -43,6 +40,5 @@ class DPOLoss(Loss):
         chosen_rewards = self.beta * (chosen_logps - ref_chosen_logps)
         rejected_rewards = self.beta * (rejected_logps - ref_rejected_logps)
         h = chosen_rewards - rejected_rewards  # (B,)
-        eps = self.label_smoothing
-        loss = -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+        loss = smoothed_sigmoid_loss(h, self.label_smoothing)
         return LossOutput(loss, reward_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps))

@@ -95,10 +95,9 @@ class GRPOLoss(OnPolicyLoss):
         log_ratio = logps - out.old_logps  # (N, T-1)
         ratio = torch.exp(log_ratio)
         advantages = out.advantages  # (N, T-1), constant along each row's response
-        clipped = torch.clamp(ratio, 1 - self.clip_eps, 1 + self.clip_eps)
-        per_token = torch.max(-advantages * ratio, -advantages * clipped)  # (N, T-1)
+        per_token = ppo_math.clipped_surrogate(ratio, advantages, self.clip_eps)  # (N, T-1)
+        tokens = mask.sum(1).clamp(min=1)  # (N,) each row's response tokens
         with torch.no_grad():
-            tokens = mask.sum(1).clamp(min=1)  # (N,)
             metrics = {"policy/pg_loss": (per_token * mask).sum(1) / tokens,
                        "policy/approxkl": (0.5 * log_ratio**2 * mask).sum(1) / tokens,
                        "policy/clipfrac": (((ratio - 1).abs() > self.clip_eps).float() * mask).sum(1) / tokens}
@@ -108,7 +107,7 @@ class GRPOLoss(OnPolicyLoss):
             metrics["policy/kl_loss"] = ((kl * mask).sum(1) / tokens).detach()
         sums = (per_token * mask).sum(1)  # (N,)
         if self.loss_type == "grpo":
-            return LossOutput(sums / mask.sum(1).clamp(min=1), metrics)  # each sequence's token mean
+            return LossOutput(sums / tokens, metrics)  # each sequence's token mean
         # dapo: every token of the accumulation window weighs the same (the trainer divides by count_tokens')
         return LossOutput(None, metrics, token_loss=sums, num_tokens=mask.sum())
 

@@ -184,6 +184,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 # ---------------------------------------------------------------------------------------------
 
 
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float) -> torch.Tensor:
+    """max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) elementwise, any shape: PPO's clipped surrogate as a
+    loss per token (PPO, GRPO) or per sequence (RLOO's sequence-level ratio), before any reduction."""
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
+
+
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), as a loss to minimise.
@@ -199,9 +205,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     """
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
+    loss = masked_mean(clipped_surrogate(ratio, advantages, clip_eps), mask)
     with torch.no_grad():
         metrics = {
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),

@@ -75,7 +75,7 @@ class RLOOLoss(OnPolicyLoss):
         log_ratio = ((out.policy.token_logps - out.old_logps) * mask).sum(1)  # (N,) log rho_i, a sequence's
         ratio = torch.exp(log_ratio)
         advantages = sequence_advantages(out.advantages, mask)  # (N,)
-        loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - self.clip_eps, 1 + self.clip_eps))
+        loss = ppo_math.clipped_surrogate(ratio, advantages, self.clip_eps)  # (N,)
         metrics = {"policy/pg_loss": loss.detach(), "policy/approxkl": 0.5 * log_ratio.detach() ** 2,
                    "policy/clipfrac": ((ratio.detach() - 1).abs() > self.clip_eps).float()}
         if self.kl_penalty == "loss":

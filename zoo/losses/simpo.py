@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 
-from zoo.losses.base import Loss, LossOutput, SequenceLogps, reward_metrics, split_pairs
+from zoo.losses.base import (Loss, LossOutput, SequenceLogps, check_preference_settings, reward_metrics,
+                             smoothed_sigmoid_loss, split_pairs)
 
 
 class SimPOLoss(Loss):
@@ -32,16 +32,12 @@ class SimPOLoss(Loss):
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"algo.loss.beta must be > 0, got {beta}")
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"algo.loss.label_smoothing must lie in [0, 0.5), got {label_smoothing}")
+        check_preference_settings(beta, label_smoothing)
         self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
 
     def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None) -> LossOutput:
         mean_logps = policy.logps.float() / policy.num_tokens.float().clamp(min=1)  # (2B,) log pi(y|x) / |y|
         chosen, rejected = split_pairs(mean_logps)  # (B,), (B,)
         h = self.beta * (chosen - rejected) - self.gamma  # (B,) the margin over the target
-        eps = self.label_smoothing
-        loss = -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+        loss = smoothed_sigmoid_loss(h, self.label_smoothing)
         return LossOutput(loss, reward_metrics(self.beta * chosen, self.beta * rejected, chosen, rejected))
